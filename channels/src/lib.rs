@@ -1,0 +1,58 @@
+//! Channel adapters: the seam between paystep's core and the outside world.
+//!
+//! A channel turns domain messages into wire messages and back. Channels never touch the
+//! ledger: outbound, they receive an [`OutboundMessage`] that the core has already committed
+//! to its outbox; inbound, they hand an [`InboundMessage`] to the core through an
+//! [`InboundSink`]. Everything else about a wire protocol stays inside its adapter folder.
+
+pub mod console;
+mod message;
+
+pub use message::{ChannelName, InboundMessage, InboundSink, MessageKind, OutboundMessage};
+
+use async_trait::async_trait;
+
+/// What a delivery attempt produced when it succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The identifier the peer gave the message (SMSC message id, SMTP Message-ID), if any.
+    pub remote_id: Option<String>,
+}
+
+/// Why a delivery attempt failed, classified so the outbox knows whether to try again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// The peer may accept the message later: a timeout, a refused connection, a throttle.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// The peer will never accept this message: a bad address, a rejected content.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Why a channel is not healthy.
+#[derive(Debug, thiserror::Error)]
+#[error("{channel} is unhealthy: {reason}")]
+pub struct HealthError {
+    pub channel: ChannelName,
+    pub reason: String,
+}
+
+/// A channel adapter.
+///
+/// Required: [`Channel::name`] and [`Channel::send`]. [`Channel::health_check`] defaults to
+/// healthy, which is right for channels without a remote peer (the console).
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// The channel this adapter implements.
+    fn name(&self) -> ChannelName;
+
+    /// Delivers one message. Called by the outbox dispatcher, possibly more than once for the
+    /// same message after a crash, so peers that can deduplicate get `message.id`.
+    async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError>;
+
+    /// Checks that the peer is reachable and accepts us.
+    async fn health_check(&self) -> Result<(), HealthError> {
+        Ok(())
+    }
+}

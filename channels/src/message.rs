@@ -1,0 +1,145 @@
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// The channels a message can travel on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelName {
+    Sms,
+    Email,
+    WapPush,
+    Voice,
+    Webhook,
+    Console,
+}
+
+impl ChannelName {
+    pub const ALL: [ChannelName; 6] = [
+        ChannelName::Sms,
+        ChannelName::Email,
+        ChannelName::WapPush,
+        ChannelName::Voice,
+        ChannelName::Webhook,
+        ChannelName::Console,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelName::Sms => "sms",
+            ChannelName::Email => "email",
+            ChannelName::WapPush => "wap_push",
+            ChannelName::Voice => "voice",
+            ChannelName::Webhook => "webhook",
+            ChannelName::Console => "console",
+        }
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChannelName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        ChannelName::ALL
+            .into_iter()
+            .find(|name| name.as_str() == text)
+            .ok_or_else(|| {
+                format!("unknown channel {text:?}; expected one of sms, email, wap_push, voice, webhook, console")
+            })
+    }
+}
+
+/// What an outbound message is, in the words of the design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    ConfirmationRequest,
+    ExecutionMessage,
+    Receipt,
+    IdentifierNotification,
+    Notice,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::ConfirmationRequest => "confirmation_request",
+            MessageKind::ExecutionMessage => "execution_message",
+            MessageKind::Receipt => "receipt",
+            MessageKind::IdentifierNotification => "identifier_notification",
+            MessageKind::Notice => "notice",
+        }
+    }
+}
+
+impl FromStr for MessageKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            MessageKind::ConfirmationRequest,
+            MessageKind::ExecutionMessage,
+            MessageKind::Receipt,
+            MessageKind::IdentifierNotification,
+            MessageKind::Notice,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+        .ok_or_else(|| format!("unknown message kind {text:?}"))
+    }
+}
+
+/// One message the core has committed to its outbox, ready for a channel to deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundMessage {
+    /// Stable across delivery attempts, so peers can deduplicate.
+    pub id: String,
+    /// The channel the core routed the message to.
+    pub channel: ChannelName,
+    pub kind: MessageKind,
+    /// The address on that channel: an MSISDN, an email address, a URL, a retailer id.
+    pub to: String,
+    pub retailer_id: Option<String>,
+    pub process_id: Option<String>,
+    pub code: Option<String>,
+    /// Two-letter language of the recipient, `en` or `de`.
+    pub language: String,
+    /// The human-readable text, already in the recipient's language.
+    pub text: String,
+    /// The link the message carries, such as the confirmation page.
+    pub url: Option<String>,
+    /// Structured content for machine recipients (webhook events), as JSON.
+    pub payload: Option<serde_json::Value>,
+}
+
+/// A message from a terminal, already parsed out of its wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundMessage {
+    /// A customer approves a pending confirmation request.
+    Approve {
+        channel: ChannelName,
+        from: String,
+        code: Option<String>,
+        pin: Option<String>,
+    },
+    /// A customer declines a pending confirmation request.
+    Decline {
+        channel: ChannelName,
+        from: String,
+        code: Option<String>,
+    },
+}
+
+/// Where channels hand inbound messages; implemented by the core.
+#[async_trait]
+pub trait InboundSink: Send + Sync {
+    async fn receive(&self, message: InboundMessage);
+}

@@ -1,0 +1,272 @@
+//! The command line: `serve`, `migrate`, `check-config`, and operator commands that work on
+//! the database directly with the same configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::clock::SystemClock;
+use crate::config::{LogFormat, Settings};
+use crate::domain::Currency;
+use crate::engine::{ChannelAvailability, Engine};
+use crate::http::admin::{CreateCustomerBody, CreateRetailerBody};
+use crate::startup::{build_channels, Application};
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(name = "paystep", version, about = "The accounting server for stepwise mobile payments")]
+pub struct Cli {
+    /// A configuration file laid over the built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the daemon: HTTP API, confirmation pages, outbox and expiry workers.
+    Serve,
+    /// Applies the database migrations.
+    Migrate,
+    /// Loads the configuration, builds every channel and runs its health check.
+    CheckConfig,
+    /// Customers: add or show.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Adds credit to a customer.
+    Deposit(DepositArgs),
+    /// Retailers: add.
+    #[command(subcommand)]
+    Retailer(RetailerCommand),
+    /// The ledger: verify its invariants.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(Subcommand)]
+enum CustomerCommand {
+    /// Adds a customer and prints its id as JSON.
+    Add(CustomerArgs),
+    /// Prints a customer's balances, holds and open processes as JSON.
+    Show { id: String },
+}
+
+#[derive(Args)]
+struct CustomerArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    msisdn: Option<String>,
+    #[arg(long)]
+    email: Option<String>,
+    #[arg(long)]
+    language: Option<String>,
+    #[arg(long)]
+    preferred_channel: Option<String>,
+    /// 4 to 8 digits; stored as an argon2id hash.
+    #[arg(long)]
+    pin: Option<String>,
+}
+
+#[derive(Args)]
+struct DepositArgs {
+    #[arg(long)]
+    customer: String,
+    #[arg(long)]
+    amount: String,
+    #[arg(long)]
+    currency: String,
+    #[arg(long)]
+    reference: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RetailerCommand {
+    /// Adds a retailer and prints its id, API key (shown once) and webhook secret as JSON.
+    Add(RetailerArgs),
+}
+
+#[derive(Args)]
+struct RetailerArgs {
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    webhook_url: Option<String>,
+    #[arg(long)]
+    msisdn: Option<String>,
+    #[arg(long)]
+    email: Option<String>,
+    /// Channels for execution messages, comma-separated: webhook, sms, email, console.
+    #[arg(long, value_delimiter = ',')]
+    notify: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Checks every ledger invariant; exits 1 when one does not hold.
+    Verify,
+}
+
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("paystep: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    match execute(cli.command, settings).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("paystep: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    // Logs go to stderr so that stdout carries only console-channel lines and command output.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match settings.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
+}
+
+async fn offline_engine(settings: Settings) -> anyhow::Result<Engine> {
+    let store = Store::connect(&settings.database).await?;
+    if settings.database.migrate_on_start {
+        store.migrate().await?;
+    }
+    let channels = build_channels(&settings);
+    let availability = ChannelAvailability::new(channels.keys().copied().collect());
+    Ok(Engine::new(store, Arc::new(settings), Arc::new(SystemClock), availability))
+}
+
+async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            let application = Application::build(settings, Arc::new(SystemClock)).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("Shutting down");
+                let _ = stop.send(true);
+            });
+            application.run_until_stopped(stopped).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store = Store::connect(&settings.database).await?;
+            store.migrate().await?;
+            store.close().await;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let channels = build_channels(&settings);
+            let mut healthy = true;
+            for (name, channel) in &channels {
+                match channel.health_check().await {
+                    Ok(()) => println!("channel {name}: ok"),
+                    Err(error) => {
+                        healthy = false;
+                        println!("channel {name}: {error}");
+                    }
+                }
+            }
+            let store = Store::connect(&settings.database).await?;
+            store.ping().await?;
+            println!("database: ok");
+            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Customer(CustomerCommand::Add(args)) => {
+            let body = CreateCustomerBody {
+                msisdn: args.msisdn,
+                email: args.email,
+                name: args.name,
+                language: args.language,
+                preferred_channel: args.preferred_channel,
+                pin: args.pin,
+            };
+            let customer = body.into_domain()?;
+            let engine = offline_engine(settings).await?;
+            let mut tx = engine.store.begin_write().await?;
+            let id = engine.create_customer(&mut tx, customer).await?;
+            tx.commit().await?;
+            print_json(&json!({ "id": id }));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Customer(CustomerCommand::Show { id }) => {
+            let engine = offline_engine(settings).await?;
+            let mut conn = engine.store.reader().acquire().await?;
+            let summary = engine.customer_summary(&mut conn, &id).await?;
+            print_json(&json!(summary));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deposit(args) => {
+            let currency = Currency::parse(&args.currency)?;
+            let amount = currency.parse_amount(&args.amount, settings.limits.max_amount)?;
+            let engine = offline_engine(settings).await?;
+            let mut tx = engine.store.begin_write().await?;
+            let credit = engine
+                .deposit(&mut tx, &args.customer, currency, amount, args.reference.as_deref())
+                .await?;
+            tx.commit().await?;
+            print_json(&json!({"customer_id": args.customer, "currency": currency.code(), "credit": currency.format(credit)}));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retailer(RetailerCommand::Add(args)) => {
+            let body = CreateRetailerBody {
+                name: args.name,
+                webhook_url: args.webhook_url,
+                msisdn: args.msisdn,
+                email: args.email,
+                notify: Some(args.notify),
+            };
+            let retailer = body.into_domain()?;
+            let engine = offline_engine(settings).await?;
+            let mut tx = engine.store.begin_write().await?;
+            let credentials = engine.create_retailer(&mut tx, retailer).await?;
+            tx.commit().await?;
+            print_json(&json!(credentials));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger(LedgerCommand::Verify) => {
+            let store = Store::connect(&settings.database).await?;
+            let mut conn = store.reader().acquire().await?;
+            let report = crate::ledger::verify(&mut conn).await?;
+            print_json(&json!(report));
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

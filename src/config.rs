@@ -1,0 +1,238 @@
+//! Configuration: `config/default.toml` built in, then an optional `--config FILE`, then
+//! `PAYSTEP__SECTION__KEY` environment variables. Unknown keys and bad values fail at start
+//! with the key's path.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::domain::TopUpPolicyKind;
+
+/// The built-in defaults, so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Source(#[from] config::ConfigError),
+    #[error("configuration key `{path}`: {message}")]
+    Key { path: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub limits: LimitSettings,
+    pub engine: EngineSettings,
+    pub security: SecuritySettings,
+    pub outbox: OutboxSettings,
+    pub channels: ChannelSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub token: String,
+}
+
+// The token is a secret: never print it.
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// In major units; a decimal string so it never passes through a float.
+    pub max_amount: Decimal,
+    pub steps_per_process_max: i64,
+    pub page_size_max: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub confirmation_ttl_s: i64,
+    pub process_inactivity_s: i64,
+    pub process_inactivity_max_s: i64,
+    pub sweep_interval_ms: u64,
+    pub sweep_batch_size: i64,
+    pub top_up_policy: TopUpPolicyKind,
+    pub top_up_factor: Decimal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySettings {
+    pub pin_tries_per_request: i64,
+    pub pin_lockout_after: i64,
+    pub pin_lockout_s: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub poll_interval_ms: u64,
+    pub batch_size: i64,
+    pub retry_base_ms: i64,
+    pub retry_max_ms: i64,
+    pub retry_max_age_s: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    pub console: ConsoleSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Settings {
+    /// Loads the layered configuration: built-in defaults, `file`, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PAYSTEP")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build()?;
+        let settings: Settings =
+            serde_path_to_error::deserialize(raw).map_err(|error| ConfigError::Key {
+                path: error.path().to_string(),
+                message: error.inner().to_string(),
+            })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types cannot, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut require = |ok: bool, path: &str, message: &str| {
+            if !ok {
+                problems.push(format!("`{path}`: {message}"));
+            }
+        };
+        let url = &self.database.url;
+        require(
+            url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:"),
+            "database.url",
+            "must start with sqlite: or postgres:",
+        );
+        require(self.database.max_connections >= 1, "database.max_connections", "must be at least 1");
+        require(self.database.acquire_timeout_ms >= 1, "database.acquire_timeout_ms", "must be at least 1");
+        let public_url = &self.http.public_url;
+        require(
+            (public_url.starts_with("http://") || public_url.starts_with("https://"))
+                && !public_url.ends_with('/'),
+            "http.public_url",
+            "must be an http(s) URL without a trailing slash",
+        );
+        require(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes", "must be at least 1024");
+        require(self.http.request_timeout_ms >= 100, "http.request_timeout_ms", "must be at least 100");
+        require(self.admin.token.len() >= 12, "admin.token", "must be at least 12 characters");
+        require(self.limits.max_amount > Decimal::ZERO, "limits.max_amount", "must be positive");
+        require(self.limits.steps_per_process_max >= 1, "limits.steps_per_process_max", "must be at least 1");
+        require(
+            (1..=1000).contains(&self.limits.page_size_max),
+            "limits.page_size_max",
+            "must be between 1 and 1000",
+        );
+        require(self.engine.confirmation_ttl_s >= 1, "engine.confirmation_ttl_s", "must be at least 1");
+        require(
+            self.engine.process_inactivity_s >= 1
+                && self.engine.process_inactivity_s <= self.engine.process_inactivity_max_s,
+            "engine.process_inactivity_s",
+            "must be between 1 and engine.process_inactivity_max_s",
+        );
+        require(self.engine.sweep_interval_ms >= 10, "engine.sweep_interval_ms", "must be at least 10");
+        require(
+            (1..=10_000).contains(&self.engine.sweep_batch_size),
+            "engine.sweep_batch_size",
+            "must be between 1 and 10000",
+        );
+        require(self.engine.top_up_factor > Decimal::ONE, "engine.top_up_factor", "must be greater than 1");
+        require(
+            self.security.pin_tries_per_request >= 1,
+            "security.pin_tries_per_request",
+            "must be at least 1",
+        );
+        require(self.security.pin_lockout_after >= 1, "security.pin_lockout_after", "must be at least 1");
+        require(self.security.pin_lockout_s >= 1, "security.pin_lockout_s", "must be at least 1");
+        require(self.outbox.poll_interval_ms >= 10, "outbox.poll_interval_ms", "must be at least 10");
+        require(
+            (1..=1000).contains(&self.outbox.batch_size),
+            "outbox.batch_size",
+            "must be between 1 and 1000",
+        );
+        require(
+            self.outbox.retry_base_ms >= 1 && self.outbox.retry_base_ms <= self.outbox.retry_max_ms,
+            "outbox.retry_base_ms",
+            "must be between 1 and outbox.retry_max_ms",
+        );
+        require(self.outbox.retry_max_age_s >= 1, "outbox.retry_max_age_s", "must be at least 1");
+        require(!self.channels.console.path.is_empty(), "channels.console.path", "must be `-` or a file path");
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}

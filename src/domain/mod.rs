@@ -1,0 +1,26 @@
+//! Domain types parsed at the edges: once a value has one of these types, it is valid.
+
+mod identifiers;
+mod money;
+mod status;
+
+pub use identifiers::{Email, Language, Msisdn, Pin, ProcessCode};
+pub use money::{Currency, Minor, MoneyError};
+pub use status::{ConfirmationKind, ConfirmationStatus, ProcessStatus, StepStatus, TopUpPolicyKind};
+
+/// A validation failure of one input value, said so a person can fix it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            message: message.into(),
+        }
+    }
+}

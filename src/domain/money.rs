@@ -1,0 +1,171 @@
+//! Money: ISO 4217 currencies with their exponent, and amounts in integer minor units.
+//! Decimal strings come in and go out at the edges; nothing here ever rounds.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+
+/// An amount in minor units (cents for EUR). Storage and arithmetic use this only.
+pub type Minor = i64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("unknown currency {0:?}; expected an ISO 4217 code such as EUR")]
+    UnknownCurrency(String),
+    #[error("currency {0} has no minor unit and cannot be used")]
+    CurrencyWithoutExponent(String),
+    #[error("{0:?} is not a decimal amount such as \"12.50\"")]
+    NotADecimal(String),
+    #[error("{amount} has more decimals than {currency} allows ({exponent})")]
+    TooManyDecimals {
+        amount: String,
+        currency: String,
+        exponent: u32,
+    },
+    #[error("amount must be greater than zero")]
+    NotPositive,
+    #[error("amount is over the maximum of {0}")]
+    OverMaximum(String),
+}
+
+/// A supported ISO 4217 currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Currency {
+    code: iso_currency::Currency,
+    exponent: u32,
+}
+
+impl Currency {
+    pub fn parse(text: &str) -> Result<Currency, MoneyError> {
+        let code = iso_currency::Currency::from_code(text)
+            .ok_or_else(|| MoneyError::UnknownCurrency(text.to_string()))?;
+        // Funds and precious metals (XAU, XDR) have no exponent and no place here.
+        let exponent = code
+            .exponent()
+            .ok_or_else(|| MoneyError::CurrencyWithoutExponent(text.to_string()))?;
+        Ok(Currency {
+            code,
+            exponent: u32::from(exponent),
+        })
+    }
+
+    pub fn code(self) -> &'static str {
+        self.code.code()
+    }
+
+    pub fn exponent(self) -> u32 {
+        self.exponent
+    }
+
+    /// Parses a positive decimal string into minor units of this currency, refusing more
+    /// decimals than the currency has and anything over `max_major`.
+    pub fn parse_amount(self, text: &str, max_major: Decimal) -> Result<Minor, MoneyError> {
+        let trimmed = text.trim();
+        let valid_shape = !trimmed.is_empty()
+            && trimmed.len() <= 32
+            && trimmed
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-' || c == '+');
+        if !valid_shape {
+            return Err(MoneyError::NotADecimal(text.to_string()));
+        }
+        let value: Decimal = trimmed
+            .parse()
+            .map_err(|_| MoneyError::NotADecimal(text.to_string()))?;
+        if value <= Decimal::ZERO {
+            return Err(MoneyError::NotPositive);
+        }
+        // "12.50" and "12.5" are the same amount; trailing zeros are not extra precision.
+        let normalized = value.normalize();
+        if normalized.scale() > self.exponent {
+            return Err(MoneyError::TooManyDecimals {
+                amount: trimmed.to_string(),
+                currency: self.code().to_string(),
+                exponent: self.exponent,
+            });
+        }
+        if value > max_major {
+            return Err(MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code())));
+        }
+        let minor = value * Decimal::from(10_i64.pow(self.exponent));
+        minor
+            .trunc()
+            .to_string()
+            .parse::<i64>()
+            .map_err(|_| MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code())))
+    }
+
+    /// Formats minor units as the decimal string the API shows: always `exponent` decimals.
+    pub fn format(self, minor: Minor) -> String {
+        Decimal::new(minor, self.exponent).to_string()
+    }
+
+    /// Converts minor units to a decimal in major units, for arithmetic at the edges.
+    pub fn to_decimal(self, minor: Minor) -> Decimal {
+        Decimal::new(minor, self.exponent)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").unwrap()
+    }
+
+    fn max() -> Decimal {
+        Decimal::from(10_000)
+    }
+
+    #[test]
+    fn amounts_become_minor_units_without_rounding() {
+        assert_eq!(eur().parse_amount("12.50", max()), Ok(1250));
+        assert_eq!(eur().parse_amount("12.5", max()), Ok(1250));
+        assert_eq!(eur().parse_amount("7", max()), Ok(700));
+        assert_eq!(eur().parse_amount("0.01", max()), Ok(1));
+        assert_eq!(eur().parse_amount("1.000", max()), Ok(100));
+    }
+
+    #[test]
+    fn more_decimals_than_the_currency_has_is_an_error() {
+        assert!(matches!(
+            eur().parse_amount("1.005", max()),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
+        let yen = Currency::parse("JPY").unwrap();
+        assert!(matches!(
+            yen.parse_amount("1.5", max()),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
+        assert_eq!(yen.parse_amount("150", max()), Ok(150));
+        let dinar = Currency::parse("KWD").unwrap();
+        assert_eq!(dinar.parse_amount("1.005", max()), Ok(1005));
+    }
+
+    #[test]
+    fn zero_negative_huge_and_garbage_are_refused() {
+        assert_eq!(eur().parse_amount("0", max()), Err(MoneyError::NotPositive));
+        assert_eq!(eur().parse_amount("-1.00", max()), Err(MoneyError::NotPositive));
+        assert!(matches!(eur().parse_amount("10000.01", max()), Err(MoneyError::OverMaximum(_))));
+        assert!(matches!(eur().parse_amount("1e3", max()), Err(MoneyError::NotADecimal(_))));
+        assert!(matches!(eur().parse_amount("", max()), Err(MoneyError::NotADecimal(_))));
+        assert!(matches!(eur().parse_amount("NaN", max()), Err(MoneyError::NotADecimal(_))));
+    }
+
+    #[test]
+    fn currencies_are_iso_4217_with_an_exponent() {
+        assert!(matches!(Currency::parse("EURO"), Err(MoneyError::UnknownCurrency(_))));
+        assert!(matches!(Currency::parse("eur"), Err(MoneyError::UnknownCurrency(_))));
+        assert!(matches!(Currency::parse("XAU"), Err(MoneyError::CurrencyWithoutExponent(_))));
+        assert_eq!(eur().format(1250), "12.50");
+        assert_eq!(eur().format(5), "0.05");
+        assert_eq!(Currency::parse("JPY").unwrap().format(150), "150");
+    }
+}

@@ -1,0 +1,461 @@
+//! The customer's answer to a confirmation request: approve (with PIN where the customer has
+//! one) or decline; and what becomes of a request nobody approved.
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use paystep_channels::{ChannelName, MessageKind};
+use sqlx::AnyConnection;
+
+use super::effects::Effects;
+use super::process::text_facts;
+use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow};
+use super::step::reload_step;
+use super::texts::{Ended, Text};
+use super::views::{ProcessView, StepView};
+use super::{secret_hash, Engine, EngineError};
+use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, Pin, ProcessStatus};
+use crate::ledger::{self, AccountKind, LedgerError, Transfer, TransferKind};
+
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub approve: bool,
+    pub pin: Option<String>,
+    pub channel: ChannelName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    Approved,
+    Declined,
+    InsufficientCredit,
+    PinRequired { tries_left: i64 },
+    WrongPin { tries_left: i64 },
+    PinTriesExceeded,
+    LockedOut { until_ms: i64 },
+    /// Already approved, declined or expired: tokens are single-use.
+    NotPending { status: String },
+    Expired,
+}
+
+/// What the confirmation page shows.
+#[derive(Debug, Clone)]
+pub struct ConfirmationPage {
+    pub retailer_name: String,
+    pub context: String,
+    pub description: Option<String>,
+    pub amount: String,
+    pub currency: String,
+    pub code: String,
+    pub kind: ConfirmationKind,
+    pub status: ConfirmationStatus,
+    pub pin_required: bool,
+    pub language: Language,
+    pub expires_at_ms: i64,
+    pub step_amount: Option<String>,
+}
+
+/// How a request ends without approval.
+#[derive(Debug, Clone, Copy)]
+pub enum Resolution {
+    Declined(&'static str),
+    Expired,
+}
+
+enum PinCheck {
+    Accepted,
+    Refused(AnswerOutcome),
+    TriesExceeded,
+}
+
+impl Engine {
+    /// What the page for `token` shows; `None` for a token that was never issued. Reads only:
+    /// mail scanners open links, so a GET must never change anything.
+    pub async fn confirmation_page(
+        &self,
+        conn: &mut AnyConnection,
+        token: &str,
+    ) -> Result<Option<ConfirmationPage>, EngineError> {
+        let Some(confirmation) = rows::confirmation_by_token_hash(conn, &secret_hash(token)).await? else {
+            return Ok(None);
+        };
+        let process = rows::load_process(conn, &confirmation.process_id)
+            .await?
+            .ok_or(EngineError::NotFound("process"))?;
+        let retailer = rows::load_retailer(conn, &process.retailer_id)
+            .await?
+            .ok_or(EngineError::NotFound("retailer"))?;
+        let customer = self.process_customer(conn, &process).await?;
+        let currency = process.currency();
+        let mut status = confirmation.status();
+        if status == ConfirmationStatus::Pending && confirmation.expires_at_ms <= self.now_ms() {
+            status = ConfirmationStatus::Expired;
+        }
+        let step_amount = match (&confirmation.step_id, confirmation.kind()) {
+            (Some(step_id), ConfirmationKind::TopUp) => rows::load_step(conn, step_id)
+                .await?
+                .map(|step| currency.format(step.amount)),
+            _ => None,
+        };
+        Ok(Some(ConfirmationPage {
+            retailer_name: retailer.name,
+            context: process.context().to_string(),
+            description: process.description.clone(),
+            amount: currency.format(confirmation.amount),
+            currency: process.currency.clone(),
+            code: process.code.clone(),
+            kind: confirmation.kind(),
+            status,
+            pin_required: customer.pin_hash.is_some(),
+            language: customer.language(),
+            expires_at_ms: confirmation.expires_at_ms,
+            step_amount,
+        }))
+    }
+
+    /// Answers the confirmation request behind `token`.
+    pub async fn answer_by_token(
+        &self,
+        conn: &mut AnyConnection,
+        token: &str,
+        answer: Answer,
+    ) -> Result<AnswerOutcome, EngineError> {
+        let confirmation = rows::confirmation_by_token_hash(conn, &secret_hash(token))
+            .await?
+            .ok_or(EngineError::NotFound("confirmation request"))?;
+        self.answer(conn, &confirmation.id, answer).await
+    }
+
+    /// Answers a confirmation request by its id, whatever channel the answer came on.
+    pub async fn answer(
+        &self,
+        conn: &mut AnyConnection,
+        confirmation_id: &str,
+        answer: Answer,
+    ) -> Result<AnswerOutcome, EngineError> {
+        let now_ms = self.now_ms();
+        let unlocked = rows::load_confirmation(conn, confirmation_id)
+            .await?
+            .ok_or(EngineError::NotFound("confirmation request"))?;
+        let mut process = rows::lock_process(conn, &unlocked.process_id)
+            .await?
+            .ok_or(EngineError::NotFound("process"))?;
+        // Read again under the process lock: a concurrent answer may have won.
+        let confirmation = rows::load_confirmation(conn, confirmation_id)
+            .await?
+            .ok_or(EngineError::NotFound("confirmation request"))?;
+        if !rows::is_pending(&confirmation) {
+            return Ok(AnswerOutcome::NotPending {
+                status: confirmation.status.clone(),
+            });
+        }
+        let retailer = rows::load_retailer(conn, &process.retailer_id)
+            .await?
+            .ok_or(EngineError::NotFound("retailer"))?;
+        let mut effects = Effects::default();
+        let outcome = if confirmation.expires_at_ms <= now_ms {
+            self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, Resolution::Expired, now_ms, &mut effects, true)
+                .await?;
+            AnswerOutcome::Expired
+        } else if !answer.approve {
+            let resolution = Resolution::Declined("customer_declined");
+            self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, resolution, now_ms, &mut effects, true)
+                .await?;
+            AnswerOutcome::Declined
+        } else {
+            let customer = self.process_customer(conn, &process).await?;
+            match self.check_pin(conn, &customer, &confirmation, &answer, now_ms).await? {
+                PinCheck::Refused(outcome) => outcome,
+                PinCheck::TriesExceeded => {
+                    let resolution = Resolution::Declined("pin_tries_exceeded");
+                    self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, resolution, now_ms, &mut effects, true)
+                        .await?;
+                    AnswerOutcome::PinTriesExceeded
+                }
+                PinCheck::Accepted => {
+                    self.approve(conn, &mut process, &retailer, &customer, &confirmation, now_ms, &mut effects)
+                        .await?
+                }
+            }
+        };
+        effects.flush(conn, &self.channels, now_ms).await?;
+        Ok(outcome)
+    }
+
+    /// Holds the released amount (claim 1's comparison of credit and release is the guarded
+    /// debit) and charges the step that waited for it, if any.
+    #[allow(clippy::too_many_arguments)]
+    async fn approve(
+        &self,
+        conn: &mut AnyConnection,
+        process: &mut ProcessRow,
+        retailer: &RetailerRow,
+        customer: &CustomerRow,
+        confirmation: &ConfirmationRow,
+        now_ms: i64,
+        effects: &mut Effects,
+    ) -> Result<AnswerOutcome, EngineError> {
+        let held = ledger::post(
+            conn,
+            Transfer {
+                kind: TransferKind::Release,
+                currency: process.currency(),
+                debit: (AccountKind::CustomerCredit, &customer.id),
+                credit: (AccountKind::ProcessHold, &process.id),
+                amount: confirmation.amount,
+                process_id: Some(&process.id),
+                step_id: None,
+                reference: None,
+                now_ms,
+            },
+        )
+        .await;
+        match held {
+            Ok(()) => {}
+            Err(LedgerError::InsufficientFunds) => {
+                let resolution = Resolution::Declined("insufficient_credit");
+                self.resolve_unapproved(conn, process, retailer, confirmation, resolution, now_ms, effects, true)
+                    .await?;
+                return Ok(AnswerOutcome::InsufficientCredit);
+            }
+            Err(other) => return Err(other.into()),
+        }
+        sqlx::query(
+            "UPDATE processes SET released = released + $1, remaining = remaining + $1, \
+             status = 'active', updated_at_ms = $2 WHERE id = $3",
+        )
+        .bind(confirmation.amount)
+        .bind(now_ms)
+        .bind(&process.id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE confirmations SET status = 'approved', resolved_at_ms = $1 WHERE id = $2")
+            .bind(now_ms)
+            .bind(&confirmation.id)
+            .execute(&mut *conn)
+            .await?;
+        *process = reload_process(conn, &process.id).await?;
+        let facts = text_facts(retailer, process);
+        let amount = process.currency().format(confirmation.amount);
+        if confirmation.kind() == ConfirmationKind::Initial {
+            effects.event(&retailer.id, &process.id, "process.confirmed", ProcessView::from_row(process));
+            effects.to_retailer(
+                retailer,
+                MessageKind::ExecutionMessage,
+                (&facts, &process.id),
+                Text::Released { amount: &amount },
+            );
+        }
+        match &confirmation.step_id {
+            Some(step_id) => {
+                let step = reload_step(conn, step_id).await?;
+                self.charge(conn, process, retailer, customer, &step, now_ms, effects)
+                    .await?;
+            }
+            None => effects.to_customer(
+                customer,
+                process.requested_channel(),
+                MessageKind::Receipt,
+                (&facts, &retailer.id, &process.id),
+                Text::ReleaseReceipt { amount: &amount },
+                None,
+            ),
+        }
+        self.touch(conn, process, now_ms).await?;
+        Ok(AnswerOutcome::Approved)
+    }
+
+    /// Checks the PIN of a customer who has one, counting wrong tries per request and in a
+    /// row per customer, and logging every try.
+    async fn check_pin(
+        &self,
+        conn: &mut AnyConnection,
+        customer: &CustomerRow,
+        confirmation: &ConfirmationRow,
+        answer: &Answer,
+        now_ms: i64,
+    ) -> Result<PinCheck, EngineError> {
+        let Some(pin_hash) = &customer.pin_hash else {
+            return Ok(PinCheck::Accepted);
+        };
+        let security = &self.settings.security;
+        let tries_left = security.pin_tries_per_request - confirmation.pin_failures;
+        if let Some(until_ms) = customer.pin_locked_until_ms.filter(|until_ms| *until_ms > now_ms) {
+            log_pin_attempt(conn, customer, confirmation, answer.channel, "locked_out", now_ms).await?;
+            return Ok(PinCheck::Refused(AnswerOutcome::LockedOut { until_ms }));
+        }
+        let Some(pin) = answer.pin.as_deref().map(str::trim).filter(|pin| !pin.is_empty()) else {
+            return Ok(PinCheck::Refused(AnswerOutcome::PinRequired { tries_left }));
+        };
+        let correct = Pin::parse(pin).is_ok_and(|pin| verify_pin(&pin, pin_hash));
+        if correct {
+            sqlx::query("UPDATE customers SET pin_failures = 0, pin_locked_until_ms = NULL WHERE id = $1")
+                .bind(&customer.id)
+                .execute(&mut *conn)
+                .await?;
+            log_pin_attempt(conn, customer, confirmation, answer.channel, "accepted", now_ms).await?;
+            return Ok(PinCheck::Accepted);
+        }
+        tracing::warn!(customer_id = %customer.id, confirmation_id = %confirmation.id, channel = %answer.channel, "Wrong PIN");
+        log_pin_attempt(conn, customer, confirmation, answer.channel, "wrong", now_ms).await?;
+        let failures_in_row = customer.pin_failures + 1;
+        let locked_until_ms =
+            (failures_in_row >= security.pin_lockout_after).then(|| now_ms + security.pin_lockout_s * 1000);
+        // At lockout the count starts again, so the customer gets a full series after it.
+        sqlx::query("UPDATE customers SET pin_failures = $1, pin_locked_until_ms = $2 WHERE id = $3")
+            .bind(if locked_until_ms.is_some() { 0 } else { failures_in_row })
+            .bind(locked_until_ms)
+            .bind(&customer.id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("UPDATE confirmations SET pin_failures = pin_failures + 1 WHERE id = $1")
+            .bind(&confirmation.id)
+            .execute(&mut *conn)
+            .await?;
+        if tries_left <= 1 {
+            return Ok(PinCheck::TriesExceeded);
+        }
+        Ok(PinCheck::Refused(match locked_until_ms {
+            Some(until_ms) => AnswerOutcome::LockedOut { until_ms },
+            None => AnswerOutcome::WrongPin {
+                tries_left: tries_left - 1,
+            },
+        }))
+    }
+
+    /// Ends a pending request that was not approved: the waiting step with it, and for the
+    /// first request the process too (unless the caller ends the process itself).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn resolve_unapproved(
+        &self,
+        conn: &mut AnyConnection,
+        process: &mut ProcessRow,
+        retailer: &RetailerRow,
+        confirmation: &ConfirmationRow,
+        resolution: Resolution,
+        now_ms: i64,
+        effects: &mut Effects,
+        end_process: bool,
+    ) -> Result<(), EngineError> {
+        let (status, reason) = match resolution {
+            Resolution::Declined(reason) => ("declined", Some(reason)),
+            Resolution::Expired => ("expired", None),
+        };
+        sqlx::query(
+            "UPDATE confirmations SET status = $1, decline_reason = $2, resolved_at_ms = $3 \
+             WHERE id = $4 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(now_ms)
+        .bind(&confirmation.id)
+        .execute(&mut *conn)
+        .await?;
+        if let Some(step_id) = &confirmation.step_id {
+            sqlx::query(
+                "UPDATE steps SET status = $1, decline_reason = $2, updated_at_ms = $3 \
+                 WHERE id = $4 AND status = 'awaiting_confirmation'",
+            )
+            .bind(status)
+            .bind(reason)
+            .bind(now_ms)
+            .bind(step_id)
+            .execute(&mut *conn)
+            .await?;
+            let step = reload_step(conn, step_id).await?;
+            let event = if reason.is_some() { "step.declined" } else { "step.expired" };
+            effects.event(&retailer.id, &process.id, event, StepView::from_row(&step, process));
+        }
+        let initial = confirmation.kind() == ConfirmationKind::Initial;
+        if initial && end_process {
+            sqlx::query(
+                "UPDATE processes SET status = $1, decline_reason = $2, updated_at_ms = $3 WHERE id = $4",
+            )
+            .bind(status)
+            .bind(reason)
+            .bind(now_ms)
+            .bind(&process.id)
+            .execute(&mut *conn)
+            .await?;
+            *process = reload_process(conn, &process.id).await?;
+            let facts = text_facts(retailer, process);
+            let view = ProcessView::from_row(process);
+            match resolution {
+                Resolution::Declined(reason) => {
+                    effects.event(&retailer.id, &process.id, "process.declined", &view);
+                    effects.to_retailer(retailer, MessageKind::Notice, (&facts, &process.id), Text::Declined { reason });
+                }
+                Resolution::Expired => {
+                    effects.event(&retailer.id, &process.id, "process.expired", &view);
+                    let zero = process.currency().format(0);
+                    effects.to_retailer(
+                        retailer,
+                        MessageKind::Notice,
+                        (&facts, &process.id),
+                        Text::Ended {
+                            ended: Ended::Expired,
+                            charged: &zero,
+                            returned: &zero,
+                        },
+                    );
+                }
+            }
+        }
+        // The customer is told why, when the reason is not the customer's own choice.
+        if let Resolution::Declined(reason @ ("insufficient_credit" | "pin_tries_exceeded")) = resolution {
+            let customer = self.process_customer(conn, process).await?;
+            let facts = text_facts(retailer, process);
+            effects.to_customer(
+                &customer,
+                process.requested_channel(),
+                MessageKind::Notice,
+                (&facts, &retailer.id, &process.id),
+                Text::Declined { reason },
+                None,
+            );
+        }
+        if !initial && process.status() == ProcessStatus::Active {
+            self.touch(conn, process, now_ms).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn reload_process(conn: &mut AnyConnection, process_id: &str) -> Result<ProcessRow, EngineError> {
+    rows::load_process(conn, process_id)
+        .await?
+        .ok_or(EngineError::Invariant("a process vanished in its own transaction".into()))
+}
+
+fn verify_pin(pin: &Pin, pin_hash: &str) -> bool {
+    match PasswordHash::new(pin_hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(pin.expose().as_bytes(), &parsed)
+            .is_ok(),
+        Err(error) => {
+            tracing::error!(error = %error, "Stored PIN hash cannot be parsed");
+            false
+        }
+    }
+}
+
+async fn log_pin_attempt(
+    conn: &mut AnyConnection,
+    customer: &CustomerRow,
+    confirmation: &ConfirmationRow,
+    channel: ChannelName,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    sqlx::query(
+        "INSERT INTO pin_attempts (id, customer_id, confirmation_id, channel, outcome, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(&customer.id)
+    .bind(&confirmation.id)
+    .bind(channel.as_str())
+    .bind(outcome)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! What a state change causes: events for the retailer's feed and messages for the outbox.
+//! They are collected while a transaction runs and written at its end, in the same
+//! transaction (the transactional outbox), so nothing is sent before its cause commits and
+//! nothing committed is left unsent. Writing them last also keeps the lock order fixed:
+//! process, then accounts, then the retailer's event counter.
+
+use paystep_channels::{ChannelName, MessageKind};
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use super::rows::{CustomerRow, RetailerRow};
+use super::texts::{render, Text, TextFacts};
+use super::EngineError;
+use crate::domain::Language;
+
+pub struct PendingEvent {
+    pub retailer_id: String,
+    pub process_id: Option<String>,
+    pub kind: &'static str,
+    pub data: Value,
+}
+
+pub enum Recipient {
+    Customer {
+        customer: CustomerRow,
+        requested: Option<ChannelName>,
+    },
+    Retailer(RetailerRow),
+}
+
+pub struct PendingMessage {
+    pub recipient: Recipient,
+    pub kind: MessageKind,
+    pub retailer_id: String,
+    pub process_id: Option<String>,
+    pub code: Option<String>,
+    pub text: String,
+    pub language: Language,
+    pub url: Option<String>,
+}
+
+/// A message routed to one channel and address.
+struct Route {
+    channel: ChannelName,
+    intended: ChannelName,
+    to: String,
+}
+
+#[derive(Default)]
+pub struct Effects {
+    events: Vec<PendingEvent>,
+    messages: Vec<PendingMessage>,
+}
+
+impl Effects {
+    pub fn event(&mut self, retailer_id: &str, process_id: &str, kind: &'static str, data: impl serde::Serialize) {
+        self.events.push(PendingEvent {
+            retailer_id: retailer_id.to_string(),
+            process_id: Some(process_id.to_string()),
+            kind,
+            data: serde_json::to_value(data).expect("views always serialise"),
+        });
+    }
+
+    /// Queues a message to the customer in the customer's language.
+    pub fn to_customer(
+        &mut self,
+        customer: &CustomerRow,
+        requested: Option<ChannelName>,
+        kind: MessageKind,
+        facts: (&TextFacts<'_>, &str, &str),
+        text: Text<'_>,
+        url: Option<String>,
+    ) {
+        let (facts, retailer_id, process_id) = facts;
+        let language = customer.language();
+        self.messages.push(PendingMessage {
+            recipient: Recipient::Customer {
+                customer: customer.clone(),
+                requested,
+            },
+            kind,
+            retailer_id: retailer_id.to_string(),
+            process_id: Some(process_id.to_string()),
+            code: Some(facts.code.to_string()),
+            text: render(language, facts, &text),
+            language,
+            url,
+        });
+    }
+
+    /// Queues a message to the retailer on each of its notify channels.
+    pub fn to_retailer(
+        &mut self,
+        retailer: &RetailerRow,
+        kind: MessageKind,
+        facts: (&TextFacts<'_>, &str),
+        text: Text<'_>,
+    ) {
+        let (facts, process_id) = facts;
+        self.messages.push(PendingMessage {
+            recipient: Recipient::Retailer(retailer.clone()),
+            kind,
+            retailer_id: retailer.id.clone(),
+            process_id: Some(process_id.to_string()),
+            code: Some(facts.code.to_string()),
+            text: render(Language::En, facts, &text),
+            language: Language::En,
+            url: None,
+        });
+    }
+}
+
+/// Which channels this daemon can deliver on.
+#[derive(Debug, Clone)]
+pub struct ChannelAvailability {
+    available: Vec<ChannelName>,
+}
+
+impl ChannelAvailability {
+    pub fn new(available: Vec<ChannelName>) -> ChannelAvailability {
+        ChannelAvailability { available }
+    }
+
+    pub fn has(&self, channel: ChannelName) -> bool {
+        self.available.contains(&channel)
+    }
+
+    /// The channel a wanted channel is delivered on: itself, or the console when the wanted
+    /// one is not configured here (the embedded default shows everything on the console).
+    pub fn deliver_on(&self, wanted: ChannelName) -> Option<ChannelName> {
+        if self.has(wanted) {
+            Some(wanted)
+        } else if self.has(ChannelName::Console) {
+            Some(ChannelName::Console)
+        } else {
+            None
+        }
+    }
+
+    /// Checks before any write that a customer can be reached, so that a request that cannot
+    /// be delivered is refused with a clear error instead of being accepted and stuck.
+    pub fn check_customer(&self, customer: &CustomerRow, requested: Option<ChannelName>) -> Result<(), EngineError> {
+        customer_route(self, customer, requested).map(|_| ())
+    }
+}
+
+fn customer_route(
+    channels: &ChannelAvailability,
+    customer: &CustomerRow,
+    requested: Option<ChannelName>,
+) -> Result<Route, EngineError> {
+    let wanted = requested.unwrap_or_else(|| customer.preferred_channel());
+    let address = match wanted {
+        ChannelName::Sms | ChannelName::WapPush | ChannelName::Voice => customer.msisdn.clone(),
+        ChannelName::Email => customer.email.clone(),
+        ChannelName::Console => customer.msisdn.clone().or_else(|| customer.email.clone()),
+        ChannelName::Webhook => None,
+    };
+    let to = address.ok_or(EngineError::ChannelUnavailable {
+        channel: wanted,
+        reason: "the customer has no address on it",
+    })?;
+    let channel = channels.deliver_on(wanted).ok_or(EngineError::ChannelUnavailable {
+        channel: wanted,
+        reason: "it is not configured on this server",
+    })?;
+    Ok(Route {
+        channel,
+        intended: wanted,
+        to,
+    })
+}
+
+fn retailer_routes(channels: &ChannelAvailability, retailer: &RetailerRow) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for wanted in retailer.notify_channels() {
+        let address = match wanted {
+            ChannelName::Webhook => retailer.webhook_url.clone(),
+            ChannelName::Sms => retailer.msisdn.clone(),
+            ChannelName::Email => retailer.email.clone(),
+            ChannelName::Console => Some(format!("retailer:{}", retailer.id)),
+            ChannelName::WapPush | ChannelName::Voice => None,
+        };
+        let (Some(to), Some(channel)) = (address, channels.deliver_on(wanted)) else {
+            continue;
+        };
+        if routes.iter().any(|route: &Route| route.channel == channel && route.to == to) {
+            continue;
+        }
+        routes.push(Route {
+            channel,
+            intended: wanted,
+            to,
+        });
+    }
+    // A retailer that asked for nothing deliverable here still gets its messages on the
+    // console, when there is one; its event feed has everything in any case.
+    if routes.is_empty() && channels.has(ChannelName::Console) {
+        routes.push(Route {
+            channel: ChannelName::Console,
+            intended: ChannelName::Console,
+            to: format!("retailer:{}", retailer.id),
+        });
+    }
+    routes
+}
+
+impl Effects {
+    /// Writes the collected events and messages in the caller's transaction.
+    pub async fn flush(
+        self,
+        conn: &mut AnyConnection,
+        channels: &ChannelAvailability,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        for event in &self.events {
+            // Taking the next number locks the retailer row until commit, so a retailer's
+            // events are numbered without gaps in commit order: a feed reader that saw
+            // seq N has seen every event before it.
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE retailers SET last_event_seq = last_event_seq + 1 WHERE id = $1 RETURNING last_event_seq",
+            )
+            .bind(&event.retailer_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO events (id, retailer_id, seq, process_id, type, data, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&event.retailer_id)
+            .bind(seq)
+            .bind(event.process_id.as_deref())
+            .bind(event.kind)
+            .bind(event.data.to_string())
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for message in &self.messages {
+            let (routes, recipient) = match &message.recipient {
+                Recipient::Customer { customer, requested } => {
+                    (vec![customer_route(channels, customer, *requested)?], "customer")
+                }
+                Recipient::Retailer(retailer) => (retailer_routes(channels, retailer), "retailer"),
+            };
+            for route in routes {
+                sqlx::query(
+                    "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, \
+                     retailer_id, process_id, code, language, text, url, payload, status, attempts, \
+                     next_attempt_at_ms, created_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, 'queued', 0, $13, $13)",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(route.channel.as_str())
+                .bind(route.intended.as_str())
+                .bind(message.kind.as_str())
+                .bind(recipient)
+                .bind(&route.to)
+                .bind(&message.retailer_id)
+                .bind(message.process_id.as_deref())
+                .bind(message.code.as_deref())
+                .bind(message.language.as_str())
+                .bind(&message.text)
+                .bind(message.url.as_deref())
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Expiry: confirmation requests nobody answered, and processes nobody used.
+
+use super::confirm::Resolution;
+use super::effects::Effects;
+use super::rows;
+use super::texts::Ended;
+use super::{Engine, EngineError};
+
+impl Engine {
+    /// Expires what is due, at most `engine.sweep_batch_size` of each kind, each in its own
+    /// transaction. Returns how many it expired; the sweeper loops while that is non-zero.
+    pub async fn expire_due(&self) -> Result<usize, EngineError> {
+        let now_ms = self.now_ms();
+        let batch = self.settings.engine.sweep_batch_size;
+        let confirmation_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM confirmations WHERE status = 'pending' AND expires_at_ms <= $1 \
+             ORDER BY expires_at_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(batch)
+        .fetch_all(self.store.reader())
+        .await?;
+        let mut expired = 0;
+        for confirmation_id in confirmation_ids {
+            if self.expire_confirmation(&confirmation_id, now_ms).await? {
+                expired += 1;
+            }
+        }
+        let process_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT p.id FROM processes p WHERE p.status IN ('awaiting_confirmation', 'active') \
+             AND p.expires_at_ms <= $1 AND NOT EXISTS \
+             (SELECT 1 FROM confirmations c WHERE c.process_id = p.id AND c.status = 'pending') \
+             ORDER BY p.expires_at_ms LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(batch)
+        .fetch_all(self.store.reader())
+        .await?;
+        for process_id in process_ids {
+            if self.expire_process(&process_id, now_ms).await? {
+                expired += 1;
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn expire_confirmation(&self, confirmation_id: &str, now_ms: i64) -> Result<bool, EngineError> {
+        let mut tx = self.store.begin_write().await?;
+        let Some(unlocked) = rows::load_confirmation(&mut tx, confirmation_id).await? else {
+            return Ok(false);
+        };
+        let Some(mut process) = rows::lock_process(&mut tx, &unlocked.process_id).await? else {
+            return Ok(false);
+        };
+        let confirmation = rows::load_confirmation(&mut tx, confirmation_id)
+            .await?
+            .ok_or(EngineError::NotFound("confirmation request"))?;
+        if !rows::is_pending(&confirmation) || confirmation.expires_at_ms > now_ms {
+            return Ok(false);
+        }
+        let retailer = rows::load_retailer(&mut tx, &process.retailer_id)
+            .await?
+            .ok_or(EngineError::NotFound("retailer"))?;
+        let mut effects = Effects::default();
+        self.resolve_unapproved(&mut tx, &mut process, &retailer, &confirmation, Resolution::Expired, now_ms, &mut effects, true)
+            .await?;
+        effects.flush(&mut tx, &self.channels, now_ms).await?;
+        tx.commit().await?;
+        tracing::info!(confirmation_id, process_id = %process.id, "Confirmation request expired");
+        Ok(true)
+    }
+
+    async fn expire_process(&self, process_id: &str, now_ms: i64) -> Result<bool, EngineError> {
+        let mut tx = self.store.begin_write().await?;
+        let Some(mut process) = rows::lock_process(&mut tx, process_id).await? else {
+            return Ok(false);
+        };
+        let due = rows::is_open(process.status())
+            && process.expires_at_ms <= now_ms
+            && rows::pending_confirmation(&mut tx, process_id).await?.is_none();
+        if !due {
+            return Ok(false);
+        }
+        let retailer = rows::load_retailer(&mut tx, &process.retailer_id)
+            .await?
+            .ok_or(EngineError::NotFound("retailer"))?;
+        let mut effects = Effects::default();
+        self.end_process(&mut tx, &mut process, &retailer, Ended::Expired, now_ms, &mut effects)
+            .await?;
+        effects.flush(&mut tx, &self.channels, now_ms).await?;
+        tx.commit().await?;
+        tracing::info!(process_id, "Process expired after inactivity");
+        Ok(true)
+    }
+}

@@ -1,0 +1,227 @@
+//! The operator's side: customers, deposits, retailers.
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use argon2::Argon2;
+use paystep_channels::ChannelName;
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::rows::{self, RetailerRow};
+use super::views::ProcessView;
+use super::{random_secret, secret_hash, Engine, EngineError};
+use crate::domain::{Currency, Email, Language, Minor, Msisdn, Pin};
+use crate::ledger::{self, AccountKind, Transfer, TransferKind};
+use crate::store::is_unique_violation;
+
+#[derive(Debug, Clone)]
+pub struct NewCustomer {
+    pub msisdn: Option<Msisdn>,
+    pub email: Option<Email>,
+    pub name: String,
+    pub language: Language,
+    pub preferred_channel: ChannelName,
+    pub pin: Option<Pin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRetailer {
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub msisdn: Option<Msisdn>,
+    pub email: Option<Email>,
+    pub notify: Vec<ChannelName>,
+}
+
+/// Shown once: only hashes of the API key are kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetailerCredentials {
+    pub id: String,
+    pub name: String,
+    pub api_key: String,
+    pub webhook_secret: String,
+    pub notify: Vec<ChannelName>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerSummary {
+    pub id: String,
+    pub name: String,
+    pub msisdn: Option<String>,
+    pub email: Option<String>,
+    pub language: String,
+    pub preferred_channel: String,
+    pub pin_set: bool,
+    pub balances: Vec<BalanceView>,
+    pub open_processes: Vec<ProcessView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BalanceView {
+    pub currency: String,
+    /// Available to release.
+    pub credit: String,
+    /// Released to open processes and not yet charged.
+    pub held: String,
+}
+
+/// The most open processes a customer summary lists.
+const SUMMARY_PROCESSES_MAX: i64 = 100;
+
+impl Engine {
+    pub async fn create_customer(&self, conn: &mut AnyConnection, customer: NewCustomer) -> Result<String, EngineError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let pin_hash = customer.pin.as_ref().map(hash_pin).transpose()?;
+        let inserted = sqlx::query(
+            "INSERT INTO customers (id, msisdn, email, name, language, preferred_channel, pin_hash, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&id)
+        .bind(customer.msisdn.as_ref().map(Msisdn::as_str))
+        .bind(customer.email.as_ref().map(Email::as_str))
+        .bind(&customer.name)
+        .bind(customer.language.as_str())
+        .bind(customer.preferred_channel.as_str())
+        .bind(pin_hash)
+        .bind(self.now_ms())
+        .execute(&mut *conn)
+        .await;
+        match inserted {
+            Ok(_) => Ok(id),
+            Err(error) if is_unique_violation(&error) => Err(EngineError::Conflict(
+                "a customer with this msisdn or email exists".into(),
+            )),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Adds credit from the operator's funding account; returns the new credit.
+    pub async fn deposit(
+        &self,
+        conn: &mut AnyConnection,
+        customer_id: &str,
+        currency: Currency,
+        amount: Minor,
+        reference: Option<&str>,
+    ) -> Result<Minor, EngineError> {
+        rows::load_customer(conn, customer_id)
+            .await?
+            .ok_or(EngineError::NotFound("customer"))?;
+        ledger::post(
+            conn,
+            Transfer {
+                kind: TransferKind::Deposit,
+                currency,
+                debit: (AccountKind::OperatorFunding, "operator"),
+                credit: (AccountKind::CustomerCredit, customer_id),
+                amount,
+                process_id: None,
+                step_id: None,
+                reference,
+                now_ms: self.now_ms(),
+            },
+        )
+        .await?;
+        Ok(ledger::balance(conn, AccountKind::CustomerCredit, customer_id, currency).await?)
+    }
+
+    pub async fn customer_summary(
+        &self,
+        conn: &mut AnyConnection,
+        customer_id: &str,
+    ) -> Result<CustomerSummary, EngineError> {
+        let customer = rows::load_customer(conn, customer_id)
+            .await?
+            .ok_or(EngineError::NotFound("customer"))?;
+        let balance_rows = sqlx::query(
+            "SELECT a.currency, a.balance, COALESCE((SELECT CAST(SUM(h.balance) AS BIGINT) FROM accounts h \
+               JOIN processes p ON p.id = h.owner_id \
+               WHERE h.kind = 'process_hold' AND h.currency = a.currency AND p.customer_id = a.owner_id), 0) AS held \
+             FROM accounts a WHERE a.kind = 'customer_credit' AND a.owner_id = $1 ORDER BY a.currency",
+        )
+        .bind(customer_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut balances = Vec::with_capacity(balance_rows.len());
+        for row in balance_rows {
+            let code: String = row.try_get("currency")?;
+            let currency = Currency::parse(&code).map_err(|error| EngineError::Invariant(error.to_string()))?;
+            balances.push(BalanceView {
+                currency: code,
+                credit: currency.format(row.try_get("balance")?),
+                held: currency.format(row.try_get("held")?),
+            });
+        }
+        let process_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM processes WHERE customer_id = $1 \
+             AND status IN ('awaiting_confirmation', 'active') ORDER BY created_at_ms LIMIT $2",
+        )
+        .bind(customer_id)
+        .bind(SUMMARY_PROCESSES_MAX)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut open_processes = Vec::with_capacity(process_ids.len());
+        for process_id in process_ids {
+            if let Some(process) = rows::load_process(conn, &process_id).await? {
+                open_processes.push(ProcessView::from_row(&process));
+            }
+        }
+        Ok(CustomerSummary {
+            id: customer.id.clone(),
+            name: customer.name.clone(),
+            msisdn: customer.msisdn.clone(),
+            email: customer.email.clone(),
+            language: customer.language.clone(),
+            preferred_channel: customer.preferred_channel.clone(),
+            pin_set: customer.pin_hash.is_some(),
+            balances,
+            open_processes,
+        })
+    }
+
+    pub async fn create_retailer(
+        &self,
+        conn: &mut AnyConnection,
+        retailer: NewRetailer,
+    ) -> Result<RetailerCredentials, EngineError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let api_key = format!("psk_{}", random_secret());
+        let webhook_secret = format!("whsec_{}", random_secret());
+        let notify: Vec<&str> = retailer.notify.iter().map(|channel| channel.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO retailers (id, name, api_key_hash, webhook_url, webhook_secret, msisdn, email, \
+             notify, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(&retailer.name)
+        .bind(secret_hash(&api_key))
+        .bind(retailer.webhook_url.as_deref())
+        .bind(&webhook_secret)
+        .bind(retailer.msisdn.as_ref().map(Msisdn::as_str))
+        .bind(retailer.email.as_ref().map(Email::as_str))
+        .bind(serde_json::to_string(&notify).expect("a list of names serialises"))
+        .bind(self.now_ms())
+        .execute(&mut *conn)
+        .await?;
+        Ok(RetailerCredentials {
+            id,
+            name: retailer.name,
+            api_key,
+            webhook_secret,
+            notify: retailer.notify,
+        })
+    }
+
+    /// The retailer an API key belongs to.
+    pub async fn authenticate_retailer(&self, api_key: &str) -> Result<Option<RetailerRow>, EngineError> {
+        let mut conn = self.store.reader().acquire().await?;
+        Ok(rows::retailer_by_key_hash(&mut conn, &secret_hash(api_key)).await?)
+    }
+}
+
+fn hash_pin(pin: &Pin) -> Result<String, EngineError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(pin.expose().as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|error| EngineError::Invariant(format!("cannot hash a PIN: {error}")))
+}

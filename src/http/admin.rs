@@ -1,0 +1,211 @@
+//! The operator API.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use paystep_channels::ChannelName;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Admin;
+use super::error::{money_error, parse_json, ApiError};
+use super::AppState;
+use crate::domain::{Currency, Email, FieldError, Language, Msisdn, Pin};
+use crate::engine::{NewCustomer, NewRetailer};
+
+const NAME_LENGTH_MAX: usize = 100;
+const URL_LENGTH_MAX: usize = 2000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomerBody {
+    pub msisdn: Option<String>,
+    pub email: Option<String>,
+    pub name: String,
+    pub language: Option<String>,
+    pub preferred_channel: Option<String>,
+    pub pin: Option<String>,
+}
+
+impl CreateCustomerBody {
+    pub fn into_domain(self) -> Result<NewCustomer, FieldError> {
+        let msisdn = self.msisdn.as_deref().map(Msisdn::parse).transpose()?;
+        let email = self.email.as_deref().map(Email::parse).transpose()?;
+        if msisdn.is_none() && email.is_none() {
+            return Err(FieldError::new("msisdn", "a customer needs an msisdn, an email, or both"));
+        }
+        let name = bounded_name(&self.name)?;
+        let language = self.language.as_deref().map(Language::parse).transpose()?.unwrap_or_default();
+        let preferred_channel = match self.preferred_channel.as_deref() {
+            Some(text) => match text.parse::<ChannelName>() {
+                Ok(ChannelName::Webhook) | Err(_) => {
+                    return Err(FieldError::new(
+                        "preferred_channel",
+                        "must be one of sms, email, wap_push, voice, console",
+                    ))
+                }
+                Ok(channel) => channel,
+            },
+            None if msisdn.is_some() => ChannelName::Sms,
+            None => ChannelName::Email,
+        };
+        let needs_msisdn = matches!(preferred_channel, ChannelName::Sms | ChannelName::WapPush | ChannelName::Voice);
+        if (needs_msisdn && msisdn.is_none()) || (preferred_channel == ChannelName::Email && email.is_none()) {
+            return Err(FieldError::new(
+                "preferred_channel",
+                "the customer has no address on that channel",
+            ));
+        }
+        let pin = self.pin.as_deref().map(Pin::parse).transpose()?;
+        Ok(NewCustomer {
+            msisdn,
+            email,
+            name,
+            language,
+            preferred_channel,
+            pin,
+        })
+    }
+}
+
+fn bounded_name(name: &str) -> Result<String, FieldError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > NAME_LENGTH_MAX || name.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "name",
+            format!("must be 1 to {NAME_LENGTH_MAX} characters without control characters"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRetailerBody {
+    pub name: String,
+    pub webhook_url: Option<String>,
+    pub msisdn: Option<String>,
+    pub email: Option<String>,
+    pub notify: Option<Vec<String>>,
+}
+
+impl CreateRetailerBody {
+    pub fn into_domain(self) -> Result<NewRetailer, FieldError> {
+        let name = bounded_name(&self.name)?;
+        let webhook_url = match self.webhook_url {
+            None => None,
+            Some(url) => {
+                let url = url.trim().to_string();
+                if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > URL_LENGTH_MAX {
+                    return Err(FieldError::new("webhook_url", "must be an http(s) URL"));
+                }
+                Some(url)
+            }
+        };
+        let msisdn = self.msisdn.as_deref().map(Msisdn::parse).transpose()?;
+        let email = self.email.as_deref().map(Email::parse).transpose()?;
+        let mut notify = Vec::new();
+        for name in self.notify.unwrap_or_default() {
+            let channel = match name.parse::<ChannelName>() {
+                Ok(channel @ (ChannelName::Webhook | ChannelName::Sms | ChannelName::Email | ChannelName::Console)) => {
+                    channel
+                }
+                _ => return Err(FieldError::new("notify", "channels must be webhook, sms, email or console")),
+            };
+            let has_address = match channel {
+                ChannelName::Webhook => webhook_url.is_some(),
+                ChannelName::Sms => msisdn.is_some(),
+                ChannelName::Email => email.is_some(),
+                _ => true,
+            };
+            if !has_address {
+                return Err(FieldError::new(
+                    "notify",
+                    format!("{channel} needs the retailer's address for it"),
+                ));
+            }
+            if !notify.contains(&channel) {
+                notify.push(channel);
+            }
+        }
+        Ok(NewRetailer {
+            name,
+            webhook_url,
+            msisdn,
+            email,
+            notify,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepositBody {
+    amount: String,
+    currency: String,
+    reference: Option<String>,
+}
+
+pub async fn create_customer(State(state): State<AppState>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+    let customer = parse_json::<CreateCustomerBody>(&body)?.into_domain()?;
+    let mut tx = state.engine.store.begin_write().await?;
+    let id = state.engine.create_customer(&mut tx, customer).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
+}
+
+pub async fn create_deposit(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(customer_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: DepositBody = parse_json(&body)?;
+    let currency = Currency::parse(&request.currency).map_err(|error| money_error("currency", error))?;
+    let amount = currency
+        .parse_amount(&request.amount, state.engine.settings.limits.max_amount)
+        .map_err(|error| money_error("amount", error))?;
+    let mut tx = state.engine.store.begin_write().await?;
+    let credit = state
+        .engine
+        .deposit(&mut tx, &customer_id, currency, amount, request.reference.as_deref())
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"customer_id": customer_id, "currency": currency.code(), "credit": currency.format(credit)})),
+    )
+        .into_response())
+}
+
+pub async fn get_customer(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(customer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut conn = state.engine.store.reader().acquire().await?;
+    let summary = state.engine.customer_summary(&mut conn, &customer_id).await?;
+    Ok(Json(summary).into_response())
+}
+
+pub async fn create_retailer(State(state): State<AppState>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+    let retailer = parse_json::<CreateRetailerBody>(&body)?.into_domain()?;
+    let mut tx = state.engine.store.begin_write().await?;
+    let credentials = state.engine.create_retailer(&mut tx, retailer).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(credentials)).into_response())
+}
+
+pub async fn verify_ledger(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+    let mut conn = state.engine.store.reader().acquire().await?;
+    let report = crate::ledger::verify(&mut conn).await?;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        tracing::error!(report = ?report, "Ledger invariants do not hold");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    Ok((status, Json(report)).into_response())
+}

@@ -1,0 +1,53 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use sqlx::Row;
+
+use super::AppState;
+
+pub async fn healthz() -> impl IntoResponse {
+    "ok"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.engine.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(error) => {
+            tracing::warn!(error = %error, "Not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+    }
+}
+
+/// Gauges read from the database, so every daemon sharing it reports the same truth.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = String::new();
+    let pool = state.engine.store.reader();
+    let processes = sqlx::query("SELECT status, COUNT(*) AS n FROM processes GROUP BY status")
+        .fetch_all(pool)
+        .await;
+    let outbox = sqlx::query("SELECT status, channel, COUNT(*) AS n FROM outbox GROUP BY status, channel")
+        .fetch_all(pool)
+        .await;
+    let (Ok(processes), Ok(outbox)) = (processes, outbox) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_string());
+    };
+    text.push_str("# HELP paystep_processes Processes by status.\n# TYPE paystep_processes gauge\n");
+    for row in processes {
+        let status: String = row.try_get("status").unwrap_or_default();
+        let count: i64 = row.try_get("n").unwrap_or_default();
+        text.push_str(&format!("paystep_processes{{status=\"{status}\"}} {count}\n"));
+    }
+    text.push_str("# HELP paystep_outbox_messages Outbound messages by status and channel.\n# TYPE paystep_outbox_messages gauge\n");
+    for row in outbox {
+        let status: String = row.try_get("status").unwrap_or_default();
+        let channel: String = row.try_get("channel").unwrap_or_default();
+        let count: i64 = row.try_get("n").unwrap_or_default();
+        text.push_str(&format!(
+            "paystep_outbox_messages{{status=\"{status}\",channel=\"{channel}\"}} {count}\n"
+        ));
+    }
+    (StatusCode::OK, text)
+}

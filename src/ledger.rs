@@ -1,0 +1,261 @@
+//! The double-entry ledger: accounts and append-only transfers between them.
+//!
+//! Every movement of money is a transfer of a positive amount from a debit account to a
+//! credit account of the same currency, written in the same transaction as the balance
+//! updates. Balances are credits minus debits, so all balances of a currency sum to zero.
+//! The debit side is a guarded UPDATE (`balance >= amount`), so a check and a charge are one
+//! statement: two concurrent transfers can never overdraw an account, on either database.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::domain::{Currency, Minor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    /// Where deposited money comes from; the only account allowed to go negative.
+    OperatorFunding,
+    CustomerCredit,
+    /// One per process: the released amount that is not yet charged (the escrow).
+    ProcessHold,
+    RetailerReceivable,
+}
+
+impl AccountKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::OperatorFunding => "operator_funding",
+            AccountKind::CustomerCredit => "customer_credit",
+            AccountKind::ProcessHold => "process_hold",
+            AccountKind::RetailerReceivable => "retailer_receivable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    Deposit,
+    Release,
+    Step,
+    Return,
+}
+
+impl TransferKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Deposit => "deposit",
+            TransferKind::Release => "release",
+            TransferKind::Step => "step",
+            TransferKind::Return => "return",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("the debit account has less than the amount")]
+    InsufficientFunds,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// One transfer to post.
+pub struct Transfer<'a> {
+    pub kind: TransferKind,
+    pub currency: Currency,
+    pub debit: (AccountKind, &'a str),
+    pub credit: (AccountKind, &'a str),
+    pub amount: Minor,
+    pub process_id: Option<&'a str>,
+    pub step_id: Option<&'a str>,
+    pub reference: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+/// The id of the account, created on first use.
+pub async fn account_id(
+    conn: &mut AnyConnection,
+    kind: AccountKind,
+    owner_id: &str,
+    currency: Currency,
+    now_ms: i64,
+) -> Result<String, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accounts (id, kind, owner_id, currency, balance, created_at_ms) \
+         VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (kind, owner_id, currency) DO NOTHING",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(kind.as_str())
+    .bind(owner_id)
+    .bind(currency.code())
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar("SELECT id FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3")
+        .bind(kind.as_str())
+        .bind(owner_id)
+        .bind(currency.code())
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// The balance of an account, zero when it does not exist yet.
+pub async fn balance(
+    conn: &mut AnyConnection,
+    kind: AccountKind,
+    owner_id: &str,
+    currency: Currency,
+) -> Result<Minor, sqlx::Error> {
+    let balance: Option<i64> = sqlx::query_scalar(
+        "SELECT balance FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3",
+    )
+    .bind(kind.as_str())
+    .bind(owner_id)
+    .bind(currency.code())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(balance.unwrap_or(0))
+}
+
+/// Posts a transfer: debit (guarded against going negative), credit, and the entry.
+/// Must run inside the caller's transaction; on error the caller rolls back.
+pub async fn post(conn: &mut AnyConnection, transfer: Transfer<'_>) -> Result<(), LedgerError> {
+    assert!(transfer.amount > 0, "a transfer moves a positive amount");
+    let debit_id = account_id(conn, transfer.debit.0, transfer.debit.1, transfer.currency, transfer.now_ms).await?;
+    let credit_id =
+        account_id(conn, transfer.credit.0, transfer.credit.1, transfer.currency, transfer.now_ms).await?;
+    let debited = sqlx::query(
+        "UPDATE accounts SET balance = balance - $1 \
+         WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1)",
+    )
+    .bind(transfer.amount)
+    .bind(&debit_id)
+    .execute(&mut *conn)
+    .await?;
+    if debited.rows_affected() != 1 {
+        return Err(LedgerError::InsufficientFunds);
+    }
+    sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+        .bind(transfer.amount)
+        .bind(&credit_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, currency, \
+         process_id, step_id, reference, created_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(transfer.kind.as_str())
+    .bind(&debit_id)
+    .bind(&credit_id)
+    .bind(transfer.amount)
+    .bind(transfer.currency.code())
+    .bind(transfer.process_id)
+    .bind(transfer.step_id)
+    .bind(transfer.reference)
+    .bind(transfer.now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The result of checking every ledger invariant.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub ok: bool,
+    /// At most a few examples of what is wrong.
+    pub violations: Vec<String>,
+}
+
+const VIOLATIONS_SHOWN_MAX: i64 = 20;
+
+/// Each check is a query that returns one text row per violation.
+const CHECKS: [(&str, &str); 8] = [
+    (
+        "balances_sum_to_zero_per_currency",
+        "SELECT currency || ': ' || CAST(SUM(balance) AS TEXT) FROM accounts \
+         GROUP BY currency HAVING SUM(balance) <> 0",
+    ),
+    (
+        "balances_equal_their_transfers",
+        "SELECT a.id || ' balance ' || CAST(a.balance AS TEXT) FROM accounts a \
+         WHERE a.balance <> \
+           COALESCE((SELECT SUM(t.amount) FROM transfers t WHERE t.credit_account_id = a.id), 0) \
+         - COALESCE((SELECT SUM(t.amount) FROM transfers t WHERE t.debit_account_id = a.id), 0)",
+    ),
+    (
+        "transfers_stay_in_one_currency",
+        "SELECT t.id FROM transfers t JOIN accounts d ON d.id = t.debit_account_id \
+         JOIN accounts c ON c.id = t.credit_account_id \
+         WHERE d.currency <> t.currency OR c.currency <> t.currency",
+    ),
+    (
+        "no_credit_or_hold_is_negative",
+        "SELECT kind || ' ' || id || ' ' || CAST(balance AS TEXT) FROM accounts \
+         WHERE kind <> 'operator_funding' AND balance < 0",
+    ),
+    (
+        "every_hold_equals_its_remaining_amount",
+        "SELECT p.id || ' remaining ' || CAST(p.remaining AS TEXT) FROM processes p \
+         WHERE p.remaining <> COALESCE((SELECT a.balance FROM accounts a \
+           WHERE a.kind = 'process_hold' AND a.owner_id = p.id AND a.currency = p.currency), 0) \
+         UNION ALL \
+         SELECT a.owner_id || ' hold without a process' FROM accounts a \
+         WHERE a.kind = 'process_hold' AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.id = a.owner_id)",
+    ),
+    (
+        "every_charged_step_is_charged_exactly_once",
+        "SELECT s.id FROM steps s WHERE s.status = 'charged' AND \
+           (SELECT COUNT(*) FROM transfers t WHERE t.step_id = s.id AND t.kind = 'step' \
+            AND t.amount = s.amount) <> 1 \
+         UNION ALL \
+         SELECT t.id FROM transfers t WHERE t.kind = 'step' AND NOT EXISTS \
+           (SELECT 1 FROM steps s WHERE s.id = t.step_id AND s.status = 'charged')",
+    ),
+    (
+        "process_totals_equal_their_transfers",
+        "SELECT p.id FROM processes p WHERE \
+           p.charged <> COALESCE((SELECT SUM(t.amount) FROM transfers t \
+             WHERE t.process_id = p.id AND t.kind = 'step'), 0) \
+        OR p.released <> COALESCE((SELECT SUM(t.amount) FROM transfers t \
+             WHERE t.process_id = p.id AND t.kind = 'release'), 0) \
+        OR p.returned <> COALESCE((SELECT SUM(t.amount) FROM transfers t \
+             WHERE t.process_id = p.id AND t.kind = 'return'), 0)",
+    ),
+    (
+        "ended_processes_hold_nothing",
+        "SELECT id || ' ' || status FROM processes \
+         WHERE status IN ('closed', 'declined', 'expired') AND remaining <> 0",
+    ),
+];
+
+/// Checks every invariant. Reads only; safe to run beside a live daemon.
+pub async fn verify(conn: &mut AnyConnection) -> Result<VerifyReport, sqlx::Error> {
+    let mut checks = Vec::with_capacity(CHECKS.len());
+    for (name, query) in CHECKS {
+        let rows = sqlx::query(&format!("{query} LIMIT {VIOLATIONS_SHOWN_MAX}"))
+            .fetch_all(&mut *conn)
+            .await?;
+        let violations: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>(0).unwrap_or_else(|_| "?".to_string()))
+            .collect();
+        checks.push(CheckResult {
+            name,
+            ok: violations.is_empty(),
+            violations,
+        });
+    }
+    Ok(VerifyReport {
+        ok: checks.iter().all(|check| check.ok),
+        checks,
+    })
+}

@@ -1,0 +1,12 @@
+//! paystep: the accounting server for stepwise mobile payments. See ARCHITECTURE.md.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod ledger;
+pub mod outbox;
+pub mod startup;
+pub mod store;

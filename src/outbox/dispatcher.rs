@@ -1,0 +1,198 @@
+//! Delivers queued outbox messages, one at a time per worker, with retries.
+//!
+//! A worker claims a message by pushing its next attempt time forward by a lease in one
+//! guarded UPDATE; only the worker whose UPDATE matched owns it, so several daemons on one
+//! database never deliver the same attempt twice. A worker that dies mid-delivery leaves the
+//! lease to run out and another worker tries again: delivery is at least once, and each
+//! message carries a stable id for peers to deduplicate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use paystep_channels::{Channel, ChannelName, MessageKind, OutboundMessage, SendError};
+use rand::Rng;
+use sqlx::Row;
+use tokio::sync::watch;
+
+use crate::clock::SharedClock;
+use crate::config::OutboxSettings;
+use crate::store::{Store, StoreError};
+
+/// How long a claimed message is reserved for the worker delivering it.
+const CLAIM_LEASE_MS: i64 = 60_000;
+/// Longest error text kept per message.
+const ERROR_LENGTH_MAX: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    NothingDue,
+    Delivered,
+    Retrying,
+    DeadLettered,
+}
+
+pub struct Dispatcher {
+    store: Store,
+    channels: HashMap<ChannelName, Arc<dyn Channel>>,
+    settings: OutboxSettings,
+    clock: SharedClock,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        channels: HashMap<ChannelName, Arc<dyn Channel>>,
+        settings: OutboxSettings,
+        clock: SharedClock,
+    ) -> Dispatcher {
+        Dispatcher {
+            store,
+            channels,
+            settings,
+            clock,
+        }
+    }
+
+    /// Claims the oldest due message and delivers it.
+    pub async fn try_execute_one(&self) -> Result<ExecutionOutcome, StoreError> {
+        let now_ms = self.clock.now_ms();
+        let candidates: Vec<i64> = sqlx::query_scalar(
+            "SELECT position FROM outbox WHERE status = 'queued' AND next_attempt_at_ms <= $1 \
+             ORDER BY position LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(self.settings.batch_size)
+        .fetch_all(self.store.reader())
+        .await?;
+        for position in candidates {
+            let mut tx = self.store.begin_write().await?;
+            let claimed = sqlx::query(
+                "UPDATE outbox SET next_attempt_at_ms = $1, attempts = attempts + 1 \
+                 WHERE position = $2 AND status = 'queued' AND next_attempt_at_ms <= $3",
+            )
+            .bind(now_ms + CLAIM_LEASE_MS)
+            .bind(position)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            if claimed.rows_affected() == 1 {
+                return self.deliver(position, now_ms).await;
+            }
+        }
+        Ok(ExecutionOutcome::NothingDue)
+    }
+
+    async fn deliver(&self, position: i64, now_ms: i64) -> Result<ExecutionOutcome, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, channel, kind, to_address, retailer_id, process_id, code, language, text, url, \
+             payload, attempts, created_at_ms FROM outbox WHERE position = $1",
+        )
+        .bind(position)
+        .fetch_one(self.store.reader())
+        .await?;
+        let channel_name: String = row.try_get("channel")?;
+        let attempts: i64 = row.try_get("attempts")?;
+        let created_at_ms: i64 = row.try_get("created_at_ms")?;
+        let message = OutboundMessage {
+            id: row.try_get("id")?,
+            channel: channel_name.parse().unwrap_or(ChannelName::Console),
+            kind: row
+                .try_get::<String, _>("kind")?
+                .parse()
+                .unwrap_or(MessageKind::Notice),
+            to: row.try_get("to_address")?,
+            retailer_id: row.try_get("retailer_id")?,
+            process_id: row.try_get("process_id")?,
+            code: row.try_get("code")?,
+            language: row.try_get("language")?,
+            text: row.try_get("text")?,
+            url: row.try_get("url")?,
+            payload: row
+                .try_get::<Option<String>, _>("payload")?
+                .and_then(|payload| serde_json::from_str(&payload).ok()),
+        };
+        let result = match self.channels.get(&message.channel) {
+            Some(channel) => channel.send(&message).await,
+            // Configuration may change between writing and delivering; wait for it.
+            None => Err(SendError::Retriable(format!("channel {channel_name} is not configured"))),
+        };
+        let mut tx = self.store.begin_write().await?;
+        let outcome = match result {
+            Ok(delivery) => {
+                sqlx::query(
+                    "UPDATE outbox SET status = 'delivered', delivered_at_ms = $1, remote_id = $2, \
+                     last_error = NULL WHERE position = $3",
+                )
+                .bind(now_ms)
+                .bind(delivery.remote_id)
+                .bind(position)
+                .execute(&mut *tx)
+                .await?;
+                ExecutionOutcome::Delivered
+            }
+            Err(error) => {
+                let text: String = error.to_string().chars().take(ERROR_LENGTH_MAX).collect();
+                let too_old = now_ms - created_at_ms > self.settings.retry_max_age_s * 1000;
+                let dead = matches!(error, SendError::Permanent(_)) || too_old;
+                if dead {
+                    tracing::error!(message_id = %message.id, channel = %channel_name, error = %text, "Outbound message dead-lettered");
+                    sqlx::query("UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2")
+                        .bind(&text)
+                        .bind(position)
+                        .execute(&mut *tx)
+                        .await?;
+                    ExecutionOutcome::DeadLettered
+                } else {
+                    let delay_ms = self.backoff_ms(attempts);
+                    tracing::warn!(message_id = %message.id, channel = %channel_name, error = %text, delay_ms, "Outbound message will be retried");
+                    sqlx::query("UPDATE outbox SET next_attempt_at_ms = $1, last_error = $2 WHERE position = $3")
+                        .bind(now_ms + delay_ms)
+                        .bind(&text)
+                        .bind(position)
+                        .execute(&mut *tx)
+                        .await?;
+                    ExecutionOutcome::Retrying
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Exponential backoff with full jitter in its upper half, capped.
+    fn backoff_ms(&self, attempts: i64) -> i64 {
+        let exponent = u32::try_from(attempts.clamp(1, 32) - 1).unwrap_or(31);
+        let ceiling = self
+            .settings
+            .retry_base_ms
+            .saturating_mul(1_i64 << exponent.min(30))
+            .min(self.settings.retry_max_ms);
+        rand::thread_rng().gen_range(ceiling / 2..=ceiling.max(1))
+    }
+
+    /// Delivers until `shutdown` turns true, resting between polls when nothing is due.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let poll_interval = Duration::from_millis(self.settings.poll_interval_ms);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let rest = match self.try_execute_one().await {
+                Ok(ExecutionOutcome::NothingDue) => true,
+                Ok(_) => false,
+                Err(error) => {
+                    tracing::error!(error = %error, "Outbox dispatcher cannot reach the database");
+                    true
+                }
+            };
+            if rest {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll_interval) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The outbox: every outbound message is a row written with the state change that caused
+//! it; the dispatcher delivers rows through channel adapters and records the outcome.
+
+mod dispatcher;
+
+pub use dispatcher::{Dispatcher, ExecutionOutcome};
