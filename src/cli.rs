@@ -17,7 +17,11 @@ use crate::startup::{build_channels, Application};
 use crate::store::Store;
 
 #[derive(Parser)]
-#[command(name = "paystep", version, about = "The accounting server for stepwise mobile payments")]
+#[command(
+    name = "paystep",
+    version,
+    about = "The accounting server for stepwise mobile payments"
+)]
 pub struct Cli {
     /// A configuration file laid over the built-in defaults.
     #[arg(long, global = true, value_name = "FILE")]
@@ -134,7 +138,9 @@ fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
     // Logs go to stderr so that stdout carries only console-channel lines and command output.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -142,7 +148,10 @@ fn init_logging(settings: &Settings) {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialise")
+    );
 }
 
 async fn offline_engine(settings: Settings) -> anyhow::Result<Engine> {
@@ -152,7 +161,12 @@ async fn offline_engine(settings: Settings) -> anyhow::Result<Engine> {
     }
     let channels = build_channels(&settings);
     let availability = ChannelAvailability::new(channels.keys().copied().collect());
-    Ok(Engine::new(store, Arc::new(settings), Arc::new(SystemClock), availability))
+    Ok(Engine::new(
+        store,
+        Arc::new(settings),
+        Arc::new(SystemClock),
+        availability,
+    ))
 }
 
 async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -190,7 +204,11 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let store = Store::connect(&settings.database).await?;
             store.ping().await?;
             println!("database: ok");
-            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Customer(CustomerCommand::Add(args)) => {
             let body = CreateCustomerBody {
@@ -222,10 +240,18 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let engine = offline_engine(settings).await?;
             let mut tx = engine.store.begin_write().await?;
             let credit = engine
-                .deposit(&mut tx, &args.customer, currency, amount, args.reference.as_deref())
+                .deposit(
+                    &mut tx,
+                    &args.customer,
+                    currency,
+                    amount,
+                    args.reference.as_deref(),
+                )
                 .await?;
             tx.commit().await?;
-            print_json(&json!({"customer_id": args.customer, "currency": currency.code(), "credit": currency.format(credit)}));
+            print_json(
+                &json!({"customer_id": args.customer, "currency": currency.code(), "credit": currency.format(credit)}),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Retailer(RetailerCommand::Add(args)) => {
@@ -249,7 +275,11 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let mut conn = store.reader().acquire().await?;
             let report = crate::ledger::verify(&mut conn).await?;
             print_json(&json!(report));
-            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }
@@ -258,8 +288,9 @@ async fn wait_for_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler can be installed");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("a SIGTERM handler can be installed");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

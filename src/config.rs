@@ -121,6 +121,9 @@ pub struct OutboxSettings {
     pub retry_base_ms: i64,
     pub retry_max_ms: i64,
     pub retry_max_age_s: i64,
+    /// How long a claimed message is reserved for the worker delivering it; after a crash
+    /// mid-delivery, another worker tries again once it runs out.
+    pub claim_lease_ms: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,12 +175,22 @@ impl Settings {
         };
         let url = &self.database.url;
         require(
-            url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:"),
+            url.starts_with("sqlite:")
+                || url.starts_with("postgres:")
+                || url.starts_with("postgresql:"),
             "database.url",
             "must start with sqlite: or postgres:",
         );
-        require(self.database.max_connections >= 1, "database.max_connections", "must be at least 1");
-        require(self.database.acquire_timeout_ms >= 1, "database.acquire_timeout_ms", "must be at least 1");
+        require(
+            self.database.max_connections >= 1,
+            "database.max_connections",
+            "must be at least 1",
+        );
+        require(
+            self.database.acquire_timeout_ms >= 1,
+            "database.acquire_timeout_ms",
+            "must be at least 1",
+        );
         let public_url = &self.http.public_url;
         require(
             (public_url.starts_with("http://") || public_url.starts_with("https://"))
@@ -185,38 +198,82 @@ impl Settings {
             "http.public_url",
             "must be an http(s) URL without a trailing slash",
         );
-        require(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes", "must be at least 1024");
-        require(self.http.request_timeout_ms >= 100, "http.request_timeout_ms", "must be at least 100");
-        require(self.admin.token.len() >= 12, "admin.token", "must be at least 12 characters");
-        require(self.limits.max_amount > Decimal::ZERO, "limits.max_amount", "must be positive");
-        require(self.limits.steps_per_process_max >= 1, "limits.steps_per_process_max", "must be at least 1");
+        require(
+            self.http.body_limit_bytes >= 1024,
+            "http.body_limit_bytes",
+            "must be at least 1024",
+        );
+        require(
+            self.http.request_timeout_ms >= 100,
+            "http.request_timeout_ms",
+            "must be at least 100",
+        );
+        require(
+            self.admin.token.len() >= 12,
+            "admin.token",
+            "must be at least 12 characters",
+        );
+        require(
+            self.limits.max_amount > Decimal::ZERO,
+            "limits.max_amount",
+            "must be positive",
+        );
+        require(
+            self.limits.steps_per_process_max >= 1,
+            "limits.steps_per_process_max",
+            "must be at least 1",
+        );
         require(
             (1..=1000).contains(&self.limits.page_size_max),
             "limits.page_size_max",
             "must be between 1 and 1000",
         );
-        require(self.engine.confirmation_ttl_s >= 1, "engine.confirmation_ttl_s", "must be at least 1");
+        require(
+            self.engine.confirmation_ttl_s >= 1,
+            "engine.confirmation_ttl_s",
+            "must be at least 1",
+        );
         require(
             self.engine.process_inactivity_s >= 1
                 && self.engine.process_inactivity_s <= self.engine.process_inactivity_max_s,
             "engine.process_inactivity_s",
             "must be between 1 and engine.process_inactivity_max_s",
         );
-        require(self.engine.sweep_interval_ms >= 10, "engine.sweep_interval_ms", "must be at least 10");
+        require(
+            self.engine.sweep_interval_ms >= 10,
+            "engine.sweep_interval_ms",
+            "must be at least 10",
+        );
         require(
             (1..=10_000).contains(&self.engine.sweep_batch_size),
             "engine.sweep_batch_size",
             "must be between 1 and 10000",
         );
-        require(self.engine.top_up_factor > Decimal::ONE, "engine.top_up_factor", "must be greater than 1");
+        require(
+            self.engine.top_up_factor > Decimal::ONE,
+            "engine.top_up_factor",
+            "must be greater than 1",
+        );
         require(
             self.security.pin_tries_per_request >= 1,
             "security.pin_tries_per_request",
             "must be at least 1",
         );
-        require(self.security.pin_lockout_after >= 1, "security.pin_lockout_after", "must be at least 1");
-        require(self.security.pin_lockout_s >= 1, "security.pin_lockout_s", "must be at least 1");
-        require(self.outbox.poll_interval_ms >= 10, "outbox.poll_interval_ms", "must be at least 10");
+        require(
+            self.security.pin_lockout_after >= 1,
+            "security.pin_lockout_after",
+            "must be at least 1",
+        );
+        require(
+            self.security.pin_lockout_s >= 1,
+            "security.pin_lockout_s",
+            "must be at least 1",
+        );
+        require(
+            self.outbox.poll_interval_ms >= 10,
+            "outbox.poll_interval_ms",
+            "must be at least 10",
+        );
         require(
             (1..=1000).contains(&self.outbox.batch_size),
             "outbox.batch_size",
@@ -227,8 +284,21 @@ impl Settings {
             "outbox.retry_base_ms",
             "must be between 1 and outbox.retry_max_ms",
         );
-        require(self.outbox.retry_max_age_s >= 1, "outbox.retry_max_age_s", "must be at least 1");
-        require(!self.channels.console.path.is_empty(), "channels.console.path", "must be `-` or a file path");
+        require(
+            self.outbox.retry_max_age_s >= 1,
+            "outbox.retry_max_age_s",
+            "must be at least 1",
+        );
+        require(
+            self.outbox.claim_lease_ms >= 100,
+            "outbox.claim_lease_ms",
+            "must be at least 100",
+        );
+        require(
+            !self.channels.console.path.is_empty(),
+            "channels.console.path",
+            "must be `-` or a file path",
+        );
         if problems.is_empty() {
             Ok(())
         } else {

@@ -91,12 +91,14 @@ pub async fn account_id(
     .bind(now_ms)
     .execute(&mut *conn)
     .await?;
-    sqlx::query_scalar("SELECT id FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3")
-        .bind(kind.as_str())
-        .bind(owner_id)
-        .bind(currency.code())
-        .fetch_one(&mut *conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT id FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3",
+    )
+    .bind(kind.as_str())
+    .bind(owner_id)
+    .bind(currency.code())
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// The balance of an account, zero when it does not exist yet.
@@ -121,9 +123,22 @@ pub async fn balance(
 /// Must run inside the caller's transaction; on error the caller rolls back.
 pub async fn post(conn: &mut AnyConnection, transfer: Transfer<'_>) -> Result<(), LedgerError> {
     assert!(transfer.amount > 0, "a transfer moves a positive amount");
-    let debit_id = account_id(conn, transfer.debit.0, transfer.debit.1, transfer.currency, transfer.now_ms).await?;
-    let credit_id =
-        account_id(conn, transfer.credit.0, transfer.credit.1, transfer.currency, transfer.now_ms).await?;
+    let debit_id = account_id(
+        conn,
+        transfer.debit.0,
+        transfer.debit.1,
+        transfer.currency,
+        transfer.now_ms,
+    )
+    .await?;
+    let credit_id = account_id(
+        conn,
+        transfer.credit.0,
+        transfer.credit.1,
+        transfer.currency,
+        transfer.now_ms,
+    )
+    .await?;
     let debited = sqlx::query(
         "UPDATE accounts SET balance = balance - $1 \
          WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1)",
@@ -246,7 +261,10 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<VerifyReport, sqlx::Erro
             .await?;
         let violations: Vec<String> = rows
             .iter()
-            .map(|row| row.try_get::<String, _>(0).unwrap_or_else(|_| "?".to_string()))
+            .map(|row| {
+                row.try_get::<String, _>(0)
+                    .unwrap_or_else(|_| "?".to_string())
+            })
             .collect();
         checks.push(CheckResult {
             name,

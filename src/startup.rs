@@ -52,7 +52,9 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn engine(&self) -> Arc<Engine> {
@@ -74,11 +76,16 @@ impl Application {
         let sweeper_task = tokio::spawn(run_sweeper(engine.clone(), shutdown.clone()));
         tracing::info!(address = %address, "paystep is listening");
         let mut http_shutdown = shutdown.clone();
-        axum::serve(self.listener, router(AppState { engine: engine.clone() }))
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|stopped| *stopped).await;
-            })
-            .await?;
+        axum::serve(
+            self.listener,
+            router(AppState {
+                engine: engine.clone(),
+            }),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|stopped| *stopped).await;
+        })
+        .await?;
         let _ = dispatcher_task.await;
         let _ = sweeper_task.await;
         engine.store.close().await;

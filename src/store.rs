@@ -69,7 +69,9 @@ impl Store {
                             Box::pin(async move {
                                 // FULL so that a commit survives power loss, not only a crash
                                 // of this process. (SQLite's own default, said out loud.)
-                                sqlx::query("PRAGMA synchronous = FULL").execute(&mut *connection).await?;
+                                sqlx::query("PRAGMA synchronous = FULL")
+                                    .execute(&mut *connection)
+                                    .await?;
                                 Ok(())
                             })
                         })

@@ -102,8 +102,12 @@ impl FromStr for MessageKind {
 pub struct OutboundMessage {
     /// Stable across delivery attempts, so peers can deduplicate.
     pub id: String,
-    /// The channel the core routed the message to.
+    /// The channel that delivers the message.
     pub channel: ChannelName,
+    /// The channel the message was meant for (the customer's preference or the retailer's
+    /// request); differs from `channel` when that one is not configured and the console
+    /// stands in for it.
+    pub intended_channel: ChannelName,
     pub kind: MessageKind,
     /// The address on that channel: an MSISDN, an email address, a URL, a retailer id.
     pub to: String,

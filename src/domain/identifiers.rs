@@ -15,7 +15,12 @@ impl Msisdn {
         let digits = compact
             .strip_prefix('+')
             .or_else(|| compact.strip_prefix("00"))
-            .ok_or_else(|| FieldError::new("msisdn", "must be in international form, like +4917012345678"))?;
+            .ok_or_else(|| {
+                FieldError::new(
+                    "msisdn",
+                    "must be in international form, like +4917012345678",
+                )
+            })?;
         let valid = (8..=15).contains(&digits.len())
             && digits.chars().all(|c| c.is_ascii_digit())
             && !digits.starts_with('0');
@@ -37,7 +42,10 @@ impl Msisdn {
         let digits = &self.0[1..];
         let shown_tail = &digits[digits.len() - 3..];
         let head = &digits[..2.min(digits.len())];
-        format!("+{head}{}{shown_tail}", "*".repeat(digits.len() - head.len() - 3))
+        format!(
+            "+{head}{}{shown_tail}",
+            "*".repeat(digits.len() - head.len() - 3)
+        )
     }
 }
 
@@ -171,21 +179,36 @@ mod tests {
 
     #[test]
     fn msisdns_are_normalised_to_e164() {
-        assert_eq!(Msisdn::parse("+49 170 1234567").unwrap().as_str(), "+491701234567");
-        assert_eq!(Msisdn::parse("0049-170-1234567").unwrap().as_str(), "+491701234567");
+        assert_eq!(
+            Msisdn::parse("+49 170 1234567").unwrap().as_str(),
+            "+491701234567"
+        );
+        assert_eq!(
+            Msisdn::parse("0049-170-1234567").unwrap().as_str(),
+            "+491701234567"
+        );
         assert!(Msisdn::parse("01701234567").is_err());
         assert!(Msisdn::parse("+12").is_err());
         assert!(Msisdn::parse("+49abc1234567").is_err());
-        assert_eq!(Msisdn::parse("+491701234567").unwrap().masked(), "+49*******567");
+        assert_eq!(
+            Msisdn::parse("+491701234567").unwrap().masked(),
+            "+49*******567"
+        );
     }
 
     #[test]
     fn emails_need_a_local_part_and_a_dotted_domain() {
-        assert_eq!(Email::parse("Anna@Example.COM").unwrap().as_str(), "Anna@example.com");
+        assert_eq!(
+            Email::parse("Anna@Example.COM").unwrap().as_str(),
+            "Anna@example.com"
+        );
         assert!(Email::parse("anna").is_err());
         assert!(Email::parse("anna@localhost").is_err());
         assert!(Email::parse("an na@example.com").is_err());
-        assert_eq!(Email::parse("anna@example.com").unwrap().masked(), "a***@example.com");
+        assert_eq!(
+            Email::parse("anna@example.com").unwrap().masked(),
+            "a***@example.com"
+        );
     }
 
     #[test]
@@ -196,6 +219,9 @@ mod tests {
         assert!(Pin::parse("1234").is_ok());
         assert!(Pin::parse("123").is_err());
         assert!(Pin::parse("12a4").is_err());
-        assert_eq!(format!("{:?}", Pin::parse("1234").unwrap()), "Pin(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Pin::parse("1234").unwrap()),
+            "Pin(<redacted>)"
+        );
     }
 }

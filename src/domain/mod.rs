@@ -6,7 +6,9 @@ mod status;
 
 pub use identifiers::{Email, Language, Msisdn, Pin, ProcessCode};
 pub use money::{Currency, Minor, MoneyError};
-pub use status::{ConfirmationKind, ConfirmationStatus, ProcessStatus, StepStatus, TopUpPolicyKind};
+pub use status::{
+    ConfirmationKind, ConfirmationStatus, ProcessStatus, StepStatus, TopUpPolicyKind,
+};
 
 /// A validation failure of one input value, said so a person can fix it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

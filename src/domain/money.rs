@@ -85,14 +85,16 @@ impl Currency {
             });
         }
         if value > max_major {
-            return Err(MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code())));
+            return Err(MoneyError::OverMaximum(format!(
+                "{} {}",
+                max_major.normalize(),
+                self.code()
+            )));
         }
         let minor = value * Decimal::from(10_i64.pow(self.exponent));
-        minor
-            .trunc()
-            .to_string()
-            .parse::<i64>()
-            .map_err(|_| MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code())))
+        minor.trunc().to_string().parse::<i64>().map_err(|_| {
+            MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code()))
+        })
     }
 
     /// Formats minor units as the decimal string the API shows: always `exponent` decimals.
@@ -152,18 +154,42 @@ mod tests {
     #[test]
     fn zero_negative_huge_and_garbage_are_refused() {
         assert_eq!(eur().parse_amount("0", max()), Err(MoneyError::NotPositive));
-        assert_eq!(eur().parse_amount("-1.00", max()), Err(MoneyError::NotPositive));
-        assert!(matches!(eur().parse_amount("10000.01", max()), Err(MoneyError::OverMaximum(_))));
-        assert!(matches!(eur().parse_amount("1e3", max()), Err(MoneyError::NotADecimal(_))));
-        assert!(matches!(eur().parse_amount("", max()), Err(MoneyError::NotADecimal(_))));
-        assert!(matches!(eur().parse_amount("NaN", max()), Err(MoneyError::NotADecimal(_))));
+        assert_eq!(
+            eur().parse_amount("-1.00", max()),
+            Err(MoneyError::NotPositive)
+        );
+        assert!(matches!(
+            eur().parse_amount("10000.01", max()),
+            Err(MoneyError::OverMaximum(_))
+        ));
+        assert!(matches!(
+            eur().parse_amount("1e3", max()),
+            Err(MoneyError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            eur().parse_amount("", max()),
+            Err(MoneyError::NotADecimal(_))
+        ));
+        assert!(matches!(
+            eur().parse_amount("NaN", max()),
+            Err(MoneyError::NotADecimal(_))
+        ));
     }
 
     #[test]
     fn currencies_are_iso_4217_with_an_exponent() {
-        assert!(matches!(Currency::parse("EURO"), Err(MoneyError::UnknownCurrency(_))));
-        assert!(matches!(Currency::parse("eur"), Err(MoneyError::UnknownCurrency(_))));
-        assert!(matches!(Currency::parse("XAU"), Err(MoneyError::CurrencyWithoutExponent(_))));
+        assert!(matches!(
+            Currency::parse("EURO"),
+            Err(MoneyError::UnknownCurrency(_))
+        ));
+        assert!(matches!(
+            Currency::parse("eur"),
+            Err(MoneyError::UnknownCurrency(_))
+        ));
+        assert!(matches!(
+            Currency::parse("XAU"),
+            Err(MoneyError::CurrencyWithoutExponent(_))
+        ));
         assert_eq!(eur().format(1250), "12.50");
         assert_eq!(eur().format(5), "0.05");
         assert_eq!(Currency::parse("JPY").unwrap().format(150), "150");

@@ -27,12 +27,20 @@ pub enum AnswerOutcome {
     Approved,
     Declined,
     InsufficientCredit,
-    PinRequired { tries_left: i64 },
-    WrongPin { tries_left: i64 },
+    PinRequired {
+        tries_left: i64,
+    },
+    WrongPin {
+        tries_left: i64,
+    },
     PinTriesExceeded,
-    LockedOut { until_ms: i64 },
+    LockedOut {
+        until_ms: i64,
+    },
     /// Already approved, declined or expired: tokens are single-use.
-    NotPending { status: String },
+    NotPending {
+        status: String,
+    },
     Expired,
 }
 
@@ -74,7 +82,9 @@ impl Engine {
         conn: &mut AnyConnection,
         token: &str,
     ) -> Result<Option<ConfirmationPage>, EngineError> {
-        let Some(confirmation) = rows::confirmation_by_token_hash(conn, &secret_hash(token)).await? else {
+        let Some(confirmation) =
+            rows::confirmation_by_token_hash(conn, &secret_hash(token)).await?
+        else {
             return Ok(None);
         };
         let process = rows::load_process(conn, &confirmation.process_id)
@@ -152,27 +162,65 @@ impl Engine {
             .ok_or(EngineError::NotFound("retailer"))?;
         let mut effects = Effects::default();
         let outcome = if confirmation.expires_at_ms <= now_ms {
-            self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, Resolution::Expired, now_ms, &mut effects, true)
-                .await?;
+            self.resolve_unapproved(
+                conn,
+                &mut process,
+                &retailer,
+                &confirmation,
+                Resolution::Expired,
+                now_ms,
+                &mut effects,
+                true,
+            )
+            .await?;
             AnswerOutcome::Expired
         } else if !answer.approve {
             let resolution = Resolution::Declined("customer_declined");
-            self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, resolution, now_ms, &mut effects, true)
-                .await?;
+            self.resolve_unapproved(
+                conn,
+                &mut process,
+                &retailer,
+                &confirmation,
+                resolution,
+                now_ms,
+                &mut effects,
+                true,
+            )
+            .await?;
             AnswerOutcome::Declined
         } else {
             let customer = self.process_customer(conn, &process).await?;
-            match self.check_pin(conn, &customer, &confirmation, &answer, now_ms).await? {
+            match self
+                .check_pin(conn, &customer, &confirmation, &answer, now_ms)
+                .await?
+            {
                 PinCheck::Refused(outcome) => outcome,
                 PinCheck::TriesExceeded => {
                     let resolution = Resolution::Declined("pin_tries_exceeded");
-                    self.resolve_unapproved(conn, &mut process, &retailer, &confirmation, resolution, now_ms, &mut effects, true)
-                        .await?;
+                    self.resolve_unapproved(
+                        conn,
+                        &mut process,
+                        &retailer,
+                        &confirmation,
+                        resolution,
+                        now_ms,
+                        &mut effects,
+                        true,
+                    )
+                    .await?;
                     AnswerOutcome::PinTriesExceeded
                 }
                 PinCheck::Accepted => {
-                    self.approve(conn, &mut process, &retailer, &customer, &confirmation, now_ms, &mut effects)
-                        .await?
+                    self.approve(
+                        conn,
+                        &mut process,
+                        &retailer,
+                        &customer,
+                        &confirmation,
+                        now_ms,
+                        &mut effects,
+                    )
+                    .await?
                 }
             }
         };
@@ -212,8 +260,17 @@ impl Engine {
             Ok(()) => {}
             Err(LedgerError::InsufficientFunds) => {
                 let resolution = Resolution::Declined("insufficient_credit");
-                self.resolve_unapproved(conn, process, retailer, confirmation, resolution, now_ms, effects, true)
-                    .await?;
+                self.resolve_unapproved(
+                    conn,
+                    process,
+                    retailer,
+                    confirmation,
+                    resolution,
+                    now_ms,
+                    effects,
+                    true,
+                )
+                .await?;
                 return Ok(AnswerOutcome::InsufficientCredit);
             }
             Err(other) => return Err(other.into()),
@@ -227,17 +284,24 @@ impl Engine {
         .bind(&process.id)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("UPDATE confirmations SET status = 'approved', resolved_at_ms = $1 WHERE id = $2")
-            .bind(now_ms)
-            .bind(&confirmation.id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE confirmations SET status = 'approved', resolved_at_ms = $1 WHERE id = $2",
+        )
+        .bind(now_ms)
+        .bind(&confirmation.id)
+        .execute(&mut *conn)
+        .await?;
         *process = reload_process(conn, &process.id).await?;
         let facts = text_facts(retailer, process);
         let amount = process.currency().format(confirmation.amount);
         if confirmation.kind() == ConfirmationKind::Initial {
-            effects.event(&retailer.id, &process.id, "process.confirmed", ProcessView::from_row(process));
-            effects.to_retailer(
+            effects.event(
+                &retailer.id,
+                &process.id,
+                "process.confirmed",
+                ProcessView::from_row(process),
+            );
+            effects.message_retailer(
                 retailer,
                 MessageKind::ExecutionMessage,
                 (&facts, &process.id),
@@ -250,7 +314,7 @@ impl Engine {
                 self.charge(conn, process, retailer, customer, &step, now_ms, effects)
                     .await?;
             }
-            None => effects.to_customer(
+            None => effects.message_customer(
                 customer,
                 process.requested_channel(),
                 MessageKind::Receipt,
@@ -278,34 +342,74 @@ impl Engine {
         };
         let security = &self.settings.security;
         let tries_left = security.pin_tries_per_request - confirmation.pin_failures;
-        if let Some(until_ms) = customer.pin_locked_until_ms.filter(|until_ms| *until_ms > now_ms) {
-            log_pin_attempt(conn, customer, confirmation, answer.channel, "locked_out", now_ms).await?;
+        if let Some(until_ms) = customer
+            .pin_locked_until_ms
+            .filter(|until_ms| *until_ms > now_ms)
+        {
+            log_pin_attempt(
+                conn,
+                customer,
+                confirmation,
+                answer.channel,
+                "locked_out",
+                now_ms,
+            )
+            .await?;
             return Ok(PinCheck::Refused(AnswerOutcome::LockedOut { until_ms }));
         }
-        let Some(pin) = answer.pin.as_deref().map(str::trim).filter(|pin| !pin.is_empty()) else {
+        let Some(pin) = answer
+            .pin
+            .as_deref()
+            .map(str::trim)
+            .filter(|pin| !pin.is_empty())
+        else {
             return Ok(PinCheck::Refused(AnswerOutcome::PinRequired { tries_left }));
         };
         let correct = Pin::parse(pin).is_ok_and(|pin| verify_pin(&pin, pin_hash));
         if correct {
-            sqlx::query("UPDATE customers SET pin_failures = 0, pin_locked_until_ms = NULL WHERE id = $1")
-                .bind(&customer.id)
-                .execute(&mut *conn)
-                .await?;
-            log_pin_attempt(conn, customer, confirmation, answer.channel, "accepted", now_ms).await?;
-            return Ok(PinCheck::Accepted);
-        }
-        tracing::warn!(customer_id = %customer.id, confirmation_id = %confirmation.id, channel = %answer.channel, "Wrong PIN");
-        log_pin_attempt(conn, customer, confirmation, answer.channel, "wrong", now_ms).await?;
-        let failures_in_row = customer.pin_failures + 1;
-        let locked_until_ms =
-            (failures_in_row >= security.pin_lockout_after).then(|| now_ms + security.pin_lockout_s * 1000);
-        // At lockout the count starts again, so the customer gets a full series after it.
-        sqlx::query("UPDATE customers SET pin_failures = $1, pin_locked_until_ms = $2 WHERE id = $3")
-            .bind(if locked_until_ms.is_some() { 0 } else { failures_in_row })
-            .bind(locked_until_ms)
+            sqlx::query(
+                "UPDATE customers SET pin_failures = 0, pin_locked_until_ms = NULL WHERE id = $1",
+            )
             .bind(&customer.id)
             .execute(&mut *conn)
             .await?;
+            log_pin_attempt(
+                conn,
+                customer,
+                confirmation,
+                answer.channel,
+                "accepted",
+                now_ms,
+            )
+            .await?;
+            return Ok(PinCheck::Accepted);
+        }
+        tracing::warn!(customer_id = %customer.id, confirmation_id = %confirmation.id, channel = %answer.channel, "Wrong PIN");
+        log_pin_attempt(
+            conn,
+            customer,
+            confirmation,
+            answer.channel,
+            "wrong",
+            now_ms,
+        )
+        .await?;
+        let failures_in_row = customer.pin_failures + 1;
+        let locked_until_ms = (failures_in_row >= security.pin_lockout_after)
+            .then(|| now_ms + security.pin_lockout_s * 1000);
+        // At lockout the count starts again, so the customer gets a full series after it.
+        sqlx::query(
+            "UPDATE customers SET pin_failures = $1, pin_locked_until_ms = $2 WHERE id = $3",
+        )
+        .bind(if locked_until_ms.is_some() {
+            0
+        } else {
+            failures_in_row
+        })
+        .bind(locked_until_ms)
+        .bind(&customer.id)
+        .execute(&mut *conn)
+        .await?;
         sqlx::query("UPDATE confirmations SET pin_failures = pin_failures + 1 WHERE id = $1")
             .bind(&confirmation.id)
             .execute(&mut *conn)
@@ -361,8 +465,17 @@ impl Engine {
             .execute(&mut *conn)
             .await?;
             let step = reload_step(conn, step_id).await?;
-            let event = if reason.is_some() { "step.declined" } else { "step.expired" };
-            effects.event(&retailer.id, &process.id, event, StepView::from_row(&step, process));
+            let event = if reason.is_some() {
+                "step.declined"
+            } else {
+                "step.expired"
+            };
+            effects.event(
+                &retailer.id,
+                &process.id,
+                event,
+                StepView::from_row(&step, process),
+            );
         }
         let initial = confirmation.kind() == ConfirmationKind::Initial;
         if initial && end_process {
@@ -381,12 +494,17 @@ impl Engine {
             match resolution {
                 Resolution::Declined(reason) => {
                     effects.event(&retailer.id, &process.id, "process.declined", &view);
-                    effects.to_retailer(retailer, MessageKind::Notice, (&facts, &process.id), Text::Declined { reason });
+                    effects.message_retailer(
+                        retailer,
+                        MessageKind::Notice,
+                        (&facts, &process.id),
+                        Text::Declined { reason },
+                    );
                 }
                 Resolution::Expired => {
                     effects.event(&retailer.id, &process.id, "process.expired", &view);
                     let zero = process.currency().format(0);
-                    effects.to_retailer(
+                    effects.message_retailer(
                         retailer,
                         MessageKind::Notice,
                         (&facts, &process.id),
@@ -400,10 +518,12 @@ impl Engine {
             }
         }
         // The customer is told why, when the reason is not the customer's own choice.
-        if let Resolution::Declined(reason @ ("insufficient_credit" | "pin_tries_exceeded")) = resolution {
+        if let Resolution::Declined(reason @ ("insufficient_credit" | "pin_tries_exceeded")) =
+            resolution
+        {
             let customer = self.process_customer(conn, process).await?;
             let facts = text_facts(retailer, process);
-            effects.to_customer(
+            effects.message_customer(
                 &customer,
                 process.requested_channel(),
                 MessageKind::Notice,
@@ -419,10 +539,15 @@ impl Engine {
     }
 }
 
-async fn reload_process(conn: &mut AnyConnection, process_id: &str) -> Result<ProcessRow, EngineError> {
+async fn reload_process(
+    conn: &mut AnyConnection,
+    process_id: &str,
+) -> Result<ProcessRow, EngineError> {
     rows::load_process(conn, process_id)
         .await?
-        .ok_or(EngineError::Invariant("a process vanished in its own transaction".into()))
+        .ok_or(EngineError::Invariant(
+            "a process vanished in its own transaction".into(),
+        ))
 }
 
 fn verify_pin(pin: &Pin, pin_hash: &str) -> bool {

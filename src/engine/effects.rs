@@ -53,7 +53,13 @@ pub struct Effects {
 }
 
 impl Effects {
-    pub fn event(&mut self, retailer_id: &str, process_id: &str, kind: &'static str, data: impl serde::Serialize) {
+    pub fn event(
+        &mut self,
+        retailer_id: &str,
+        process_id: &str,
+        kind: &'static str,
+        data: impl serde::Serialize,
+    ) {
         self.events.push(PendingEvent {
             retailer_id: retailer_id.to_string(),
             process_id: Some(process_id.to_string()),
@@ -63,7 +69,7 @@ impl Effects {
     }
 
     /// Queues a message to the customer in the customer's language.
-    pub fn to_customer(
+    pub fn message_customer(
         &mut self,
         customer: &CustomerRow,
         requested: Option<ChannelName>,
@@ -90,7 +96,7 @@ impl Effects {
     }
 
     /// Queues a message to the retailer on each of its notify channels.
-    pub fn to_retailer(
+    pub fn message_retailer(
         &mut self,
         retailer: &RetailerRow,
         kind: MessageKind,
@@ -140,7 +146,11 @@ impl ChannelAvailability {
 
     /// Checks before any write that a customer can be reached, so that a request that cannot
     /// be delivered is refused with a clear error instead of being accepted and stuck.
-    pub fn check_customer(&self, customer: &CustomerRow, requested: Option<ChannelName>) -> Result<(), EngineError> {
+    pub fn check_customer(
+        &self,
+        customer: &CustomerRow,
+        requested: Option<ChannelName>,
+    ) -> Result<(), EngineError> {
         customer_route(self, customer, requested).map(|_| ())
     }
 }
@@ -161,10 +171,12 @@ fn customer_route(
         channel: wanted,
         reason: "the customer has no address on it",
     })?;
-    let channel = channels.deliver_on(wanted).ok_or(EngineError::ChannelUnavailable {
-        channel: wanted,
-        reason: "it is not configured on this server",
-    })?;
+    let channel = channels
+        .deliver_on(wanted)
+        .ok_or(EngineError::ChannelUnavailable {
+            channel: wanted,
+            reason: "it is not configured on this server",
+        })?;
     Ok(Route {
         channel,
         intended: wanted,
@@ -185,7 +197,10 @@ fn retailer_routes(channels: &ChannelAvailability, retailer: &RetailerRow) -> Ve
         let (Some(to), Some(channel)) = (address, channels.deliver_on(wanted)) else {
             continue;
         };
-        if routes.iter().any(|route: &Route| route.channel == channel && route.to == to) {
+        if routes
+            .iter()
+            .any(|route: &Route| route.channel == channel && route.to == to)
+        {
             continue;
         }
         routes.push(Route {
@@ -240,9 +255,13 @@ impl Effects {
         }
         for message in &self.messages {
             let (routes, recipient) = match &message.recipient {
-                Recipient::Customer { customer, requested } => {
-                    (vec![customer_route(channels, customer, *requested)?], "customer")
-                }
+                Recipient::Customer {
+                    customer,
+                    requested,
+                } => (
+                    vec![customer_route(channels, customer, *requested)?],
+                    "customer",
+                ),
                 Recipient::Retailer(retailer) => (retailer_routes(channels, retailer), "retailer"),
             };
             for route in routes {

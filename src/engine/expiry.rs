@@ -44,7 +44,11 @@ impl Engine {
         Ok(expired)
     }
 
-    async fn expire_confirmation(&self, confirmation_id: &str, now_ms: i64) -> Result<bool, EngineError> {
+    async fn expire_confirmation(
+        &self,
+        confirmation_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, EngineError> {
         let mut tx = self.store.begin_write().await?;
         let Some(unlocked) = rows::load_confirmation(&mut tx, confirmation_id).await? else {
             return Ok(false);
@@ -62,8 +66,17 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
         let mut effects = Effects::default();
-        self.resolve_unapproved(&mut tx, &mut process, &retailer, &confirmation, Resolution::Expired, now_ms, &mut effects, true)
-            .await?;
+        self.resolve_unapproved(
+            &mut tx,
+            &mut process,
+            &retailer,
+            &confirmation,
+            Resolution::Expired,
+            now_ms,
+            &mut effects,
+            true,
+        )
+        .await?;
         effects.flush(&mut tx, &self.channels, now_ms).await?;
         tx.commit().await?;
         tracing::info!(confirmation_id, process_id = %process.id, "Confirmation request expired");
@@ -77,7 +90,9 @@ impl Engine {
         };
         let due = rows::is_open(process.status())
             && process.expires_at_ms <= now_ms
-            && rows::pending_confirmation(&mut tx, process_id).await?.is_none();
+            && rows::pending_confirmation(&mut tx, process_id)
+                .await?
+                .is_none();
         if !due {
             return Ok(false);
         }
@@ -85,8 +100,15 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
         let mut effects = Effects::default();
-        self.end_process(&mut tx, &mut process, &retailer, Ended::Expired, now_ms, &mut effects)
-            .await?;
+        self.end_process(
+            &mut tx,
+            &mut process,
+            &retailer,
+            Ended::Expired,
+            now_ms,
+            &mut effects,
+        )
+        .await?;
         effects.flush(&mut tx, &self.channels, now_ms).await?;
         tx.commit().await?;
         tracing::info!(process_id, "Process expired after inactivity");

@@ -44,7 +44,10 @@ pub enum EngineError {
     #[error("the process has reached its maximum of {0} steps")]
     StepLimitReached(i64),
     #[error("cannot reach the customer on {channel}: {reason}")]
-    ChannelUnavailable { channel: ChannelName, reason: &'static str },
+    ChannelUnavailable {
+        channel: ChannelName,
+        reason: &'static str,
+    },
     #[error("no free process code; try again")]
     CodeSpaceExhausted,
     #[error("{0}")]
@@ -87,7 +90,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(store: Store, settings: Arc<Settings>, clock: SharedClock, channels: ChannelAvailability) -> Engine {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        clock: SharedClock,
+        channels: ChannelAvailability,
+    ) -> Engine {
         Engine {
             store,
             settings,

@@ -68,7 +68,11 @@ pub struct BalanceView {
 const SUMMARY_PROCESSES_MAX: i64 = 100;
 
 impl Engine {
-    pub async fn create_customer(&self, conn: &mut AnyConnection, customer: NewCustomer) -> Result<String, EngineError> {
+    pub async fn create_customer(
+        &self,
+        conn: &mut AnyConnection,
+        customer: NewCustomer,
+    ) -> Result<String, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
         let pin_hash = customer.pin.as_ref().map(hash_pin).transpose()?;
         let inserted = sqlx::query(
@@ -144,7 +148,8 @@ impl Engine {
         let mut balances = Vec::with_capacity(balance_rows.len());
         for row in balance_rows {
             let code: String = row.try_get("currency")?;
-            let currency = Currency::parse(&code).map_err(|error| EngineError::Invariant(error.to_string()))?;
+            let currency = Currency::parse(&code)
+                .map_err(|error| EngineError::Invariant(error.to_string()))?;
             balances.push(BalanceView {
                 currency: code,
                 credit: currency.format(row.try_get("balance")?),
@@ -186,7 +191,11 @@ impl Engine {
         let id = uuid::Uuid::new_v4().to_string();
         let api_key = format!("psk_{}", random_secret());
         let webhook_secret = format!("whsec_{}", random_secret());
-        let notify: Vec<&str> = retailer.notify.iter().map(|channel| channel.as_str()).collect();
+        let notify: Vec<&str> = retailer
+            .notify
+            .iter()
+            .map(|channel| channel.as_str())
+            .collect();
         sqlx::query(
             "INSERT INTO retailers (id, name, api_key_hash, webhook_url, webhook_secret, msisdn, email, \
              notify, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -212,7 +221,10 @@ impl Engine {
     }
 
     /// The retailer an API key belongs to.
-    pub async fn authenticate_retailer(&self, api_key: &str) -> Result<Option<RetailerRow>, EngineError> {
+    pub async fn authenticate_retailer(
+        &self,
+        api_key: &str,
+    ) -> Result<Option<RetailerRow>, EngineError> {
         let mut conn = self.store.reader().acquire().await?;
         Ok(rows::retailer_by_key_hash(&mut conn, &secret_hash(api_key)).await?)
     }

@@ -9,7 +9,9 @@ use super::rows::{self, CustomerKey, CustomerRow, ProcessRow, RetailerRow};
 use super::texts::{Ended, Text, TextFacts};
 use super::views::ProcessView;
 use super::{random_secret, secret_hash, Engine, EngineError};
-use crate::domain::{ConfirmationKind, Currency, Email, Minor, Msisdn, ProcessCode, ProcessStatus, TopUpPolicyKind};
+use crate::domain::{
+    ConfirmationKind, Currency, Email, Minor, Msisdn, ProcessCode, ProcessStatus, TopUpPolicyKind,
+};
 use crate::ledger::{self, AccountKind, Transfer, TransferKind};
 
 /// How the retailer names the customer.
@@ -101,13 +103,24 @@ impl Engine {
         .bind(expires_at_ms)
         .execute(&mut *conn)
         .await?;
-        let mut process = rows::load_process(conn, &process_id)
-            .await?
-            .ok_or(EngineError::Invariant("a process vanished in its own transaction".into()))?;
+        let mut process =
+            rows::load_process(conn, &process_id)
+                .await?
+                .ok_or(EngineError::Invariant(
+                    "a process vanished in its own transaction".into(),
+                ))?;
         let first_step = match request.charge {
             Some(amount) => Some(
-                self.insert_step(conn, &mut process, amount, "awaiting_confirmation", None, None, now_ms)
-                    .await?,
+                self.insert_step(
+                    conn,
+                    &mut process,
+                    amount,
+                    "awaiting_confirmation",
+                    None,
+                    None,
+                    now_ms,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -124,7 +137,7 @@ impl Engine {
         }
         let facts = text_facts(retailer, &process);
         let amount = request.currency.format(request.release);
-        effects.to_retailer(
+        effects.message_retailer(
             retailer,
             MessageKind::IdentifierNotification,
             (&facts, &process.id),
@@ -143,7 +156,14 @@ impl Engine {
                 first_step.as_ref().map(|step| step.id.as_str()),
                 now_ms,
                 &mut effects,
-                (&token, &url, Text::ConfirmationRequest { amount: &amount, url: &url }),
+                (
+                    &token,
+                    &url,
+                    Text::ConfirmationRequest {
+                        amount: &amount,
+                        url: &url,
+                    },
+                ),
                 &facts,
             )
             .await?;
@@ -198,16 +218,20 @@ impl Engine {
         .bind(now_ms)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("UPDATE processes SET step_count = step_count + 1, updated_at_ms = $1 WHERE id = $2")
-            .bind(now_ms)
-            .bind(&process.id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE processes SET step_count = step_count + 1, updated_at_ms = $1 WHERE id = $2",
+        )
+        .bind(now_ms)
+        .bind(&process.id)
+        .execute(&mut *conn)
+        .await?;
         process.step_count = number;
         process.updated_at_ms = now_ms;
         rows::load_step(conn, &step_id)
             .await?
-            .ok_or(EngineError::Invariant("a step vanished in its own transaction".into()))
+            .ok_or(EngineError::Invariant(
+                "a step vanished in its own transaction".into(),
+            ))
     }
 
     /// A new confirmation token and the link to its page.
@@ -246,7 +270,7 @@ impl Engine {
         .bind(expires_at_ms)
         .execute(&mut *conn)
         .await?;
-        effects.to_customer(
+        effects.message_customer(
             customer,
             process.requested_channel(),
             MessageKind::ConfirmationRequest,
@@ -275,8 +299,15 @@ impl Engine {
             });
         }
         let mut effects = Effects::default();
-        self.end_process(conn, &mut process, retailer, Ended::Closed, now_ms, &mut effects)
-            .await?;
+        self.end_process(
+            conn,
+            &mut process,
+            retailer,
+            Ended::Closed,
+            now_ms,
+            &mut effects,
+        )
+        .await?;
         effects.flush(conn, &self.channels, now_ms).await?;
         Ok(ProcessView::from_row(&process))
     }
@@ -297,8 +328,10 @@ impl Engine {
                 Ended::Closed => super::confirm::Resolution::Declined("process_closed"),
                 Ended::Expired => super::confirm::Resolution::Expired,
             };
-            self.resolve_unapproved(conn, process, retailer, &pending, resolution, now_ms, effects, false)
-                .await?;
+            self.resolve_unapproved(
+                conn, process, retailer, &pending, resolution, now_ms, effects, false,
+            )
+            .await?;
         }
         let returned = process.remaining;
         if returned > 0 {
@@ -338,7 +371,9 @@ impl Engine {
         .await?;
         *process = rows::load_process(conn, &process.id)
             .await?
-            .ok_or(EngineError::Invariant("a process vanished in its own transaction".into()))?;
+            .ok_or(EngineError::Invariant(
+                "a process vanished in its own transaction".into(),
+            ))?;
         let view = ProcessView::from_row(process);
         let event = match ended {
             Ended::Closed => "process.closed",
@@ -349,7 +384,7 @@ impl Engine {
         let charged = currency.format(process.charged);
         let returned = currency.format(returned);
         let facts = text_facts(retailer, process);
-        effects.to_retailer(
+        effects.message_retailer(
             retailer,
             MessageKind::Notice,
             (&facts, &process.id),
@@ -361,7 +396,7 @@ impl Engine {
         );
         if let Some(customer_id) = &process.customer_id {
             if let Some(customer) = rows::load_customer(conn, customer_id).await? {
-                effects.to_customer(
+                effects.message_customer(
                     &customer,
                     process.requested_channel(),
                     MessageKind::Notice,

@@ -4,7 +4,8 @@ use paystep_channels::ChannelName;
 use sqlx::AnyConnection;
 
 use crate::domain::{
-    ConfirmationKind, ConfirmationStatus, Currency, Language, ProcessStatus, StepStatus, TopUpPolicyKind,
+    ConfirmationKind, ConfirmationStatus, Currency, Language, ProcessStatus, StepStatus,
+    TopUpPolicyKind,
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -45,7 +46,9 @@ impl CustomerRow {
     }
 
     pub fn preferred_channel(&self) -> ChannelName {
-        self.preferred_channel.parse().unwrap_or(ChannelName::Console)
+        self.preferred_channel
+            .parse()
+            .unwrap_or(ChannelName::Console)
     }
 }
 
@@ -147,7 +150,8 @@ impl ConfirmationRow {
     }
 }
 
-const PROCESS_SELECT: &str = "SELECT p.id, p.code, p.retailer_id, p.customer_id, p.status, p.currency, \
+const PROCESS_SELECT: &str =
+    "SELECT p.id, p.code, p.retailer_id, p.customer_id, p.status, p.currency, \
      p.release_requested, p.released, p.charged, p.remaining, p.returned, p.description, \
      p.reference, p.channel, p.top_up_policy, p.top_up_factor, p.inactivity_s, p.step_count, \
      p.decline_reason, p.created_at_ms, p.updated_at_ms, p.expires_at_ms, \
@@ -165,7 +169,10 @@ const CUSTOMER_COLUMNS: &str = "id, msisdn, email, name, language, preferred_cha
 
 const RETAILER_COLUMNS: &str = "id, name, webhook_url, webhook_secret, msisdn, email, notify";
 
-pub async fn load_process(conn: &mut AnyConnection, process_id: &str) -> Result<Option<ProcessRow>, sqlx::Error> {
+pub async fn load_process(
+    conn: &mut AnyConnection,
+    process_id: &str,
+) -> Result<Option<ProcessRow>, sqlx::Error> {
     sqlx::query_as(&format!("{PROCESS_SELECT} WHERE p.id = $1"))
         .bind(process_id)
         .fetch_optional(conn)
@@ -175,7 +182,10 @@ pub async fn load_process(conn: &mut AnyConnection, process_id: &str) -> Result<
 /// Locks the process row for the rest of the transaction and loads it. Every change to a
 /// process starts here, which serialises all changes to one process on PostgreSQL; on
 /// SQLite the single writer connection already does.
-pub async fn lock_process(conn: &mut AnyConnection, process_id: &str) -> Result<Option<ProcessRow>, sqlx::Error> {
+pub async fn lock_process(
+    conn: &mut AnyConnection,
+    process_id: &str,
+) -> Result<Option<ProcessRow>, sqlx::Error> {
     let locked = sqlx::query("UPDATE processes SET lock_version = lock_version + 1 WHERE id = $1")
         .bind(process_id)
         .execute(&mut *conn)
@@ -208,14 +218,20 @@ pub async fn list_processes(
     .await
 }
 
-pub async fn load_step(conn: &mut AnyConnection, step_id: &str) -> Result<Option<StepRow>, sqlx::Error> {
+pub async fn load_step(
+    conn: &mut AnyConnection,
+    step_id: &str,
+) -> Result<Option<StepRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {STEP_COLUMNS} FROM steps WHERE id = $1"))
         .bind(step_id)
         .fetch_optional(conn)
         .await
 }
 
-pub async fn list_steps(conn: &mut AnyConnection, process_id: &str) -> Result<Vec<StepRow>, sqlx::Error> {
+pub async fn list_steps(
+    conn: &mut AnyConnection,
+    process_id: &str,
+) -> Result<Vec<StepRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {STEP_COLUMNS} FROM steps WHERE process_id = $1 ORDER BY number"
     ))
@@ -248,18 +264,28 @@ pub async fn confirmation_by_token_hash(
     .await
 }
 
-pub async fn load_confirmation(conn: &mut AnyConnection, id: &str) -> Result<Option<ConfirmationRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {CONFIRMATION_COLUMNS} FROM confirmations WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+pub async fn load_confirmation(
+    conn: &mut AnyConnection,
+    id: &str,
+) -> Result<Option<ConfirmationRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CONFIRMATION_COLUMNS} FROM confirmations WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
 }
 
-pub async fn load_customer(conn: &mut AnyConnection, customer_id: &str) -> Result<Option<CustomerRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1"))
-        .bind(customer_id)
-        .fetch_optional(conn)
-        .await
+pub async fn load_customer(
+    conn: &mut AnyConnection,
+    customer_id: &str,
+) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1"
+    ))
+    .bind(customer_id)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Finds a customer by one of its identifiers: `column` is `id`, `msisdn` or `email`.
@@ -273,10 +299,12 @@ pub async fn find_customer(
         CustomerKey::Msisdn => "msisdn",
         CustomerKey::Email => "email",
     };
-    sqlx::query_as(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE {column} = $1"))
-        .bind(value)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE {column} = $1"
+    ))
+    .bind(value)
+    .fetch_optional(conn)
+    .await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -286,25 +314,35 @@ pub enum CustomerKey {
     Email,
 }
 
-pub async fn load_retailer(conn: &mut AnyConnection, retailer_id: &str) -> Result<Option<RetailerRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {RETAILER_COLUMNS} FROM retailers WHERE id = $1"))
-        .bind(retailer_id)
-        .fetch_optional(conn)
-        .await
+pub async fn load_retailer(
+    conn: &mut AnyConnection,
+    retailer_id: &str,
+) -> Result<Option<RetailerRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {RETAILER_COLUMNS} FROM retailers WHERE id = $1"
+    ))
+    .bind(retailer_id)
+    .fetch_optional(conn)
+    .await
 }
 
 pub async fn retailer_by_key_hash(
     conn: &mut AnyConnection,
     api_key_hash: &str,
 ) -> Result<Option<RetailerRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {RETAILER_COLUMNS} FROM retailers WHERE api_key_hash = $1"))
-        .bind(api_key_hash)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {RETAILER_COLUMNS} FROM retailers WHERE api_key_hash = $1"
+    ))
+    .bind(api_key_hash)
+    .fetch_optional(conn)
+    .await
 }
 
 pub fn is_open(status: ProcessStatus) -> bool {
-    matches!(status, ProcessStatus::AwaitingConfirmation | ProcessStatus::Active)
+    matches!(
+        status,
+        ProcessStatus::AwaitingConfirmation | ProcessStatus::Active
+    )
 }
 
 pub fn is_pending(confirmation: &ConfirmationRow) -> bool {

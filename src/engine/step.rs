@@ -57,17 +57,44 @@ impl Engine {
         let reference = request.reference.as_deref();
         let outcome = if request.amount <= process.remaining {
             let step = self
-                .insert_step(conn, &mut process, request.amount, "awaiting_confirmation", description, reference, now_ms)
+                .insert_step(
+                    conn,
+                    &mut process,
+                    request.amount,
+                    "awaiting_confirmation",
+                    description,
+                    reference,
+                    now_ms,
+                )
                 .await?;
             let step = self
-                .charge(conn, &mut process, retailer, &customer, &step, now_ms, &mut effects)
+                .charge(
+                    conn,
+                    &mut process,
+                    retailer,
+                    &customer,
+                    &step,
+                    now_ms,
+                    &mut effects,
+                )
                 .await?;
             StepOutcome::Charged(StepView::from_row(&step, &process))
-        } else if rows::pending_confirmation(conn, &process.id).await?.is_some() {
+        } else if rows::pending_confirmation(conn, &process.id)
+            .await?
+            .is_some()
+        {
             return Err(EngineError::TopUpPending);
         } else if process.top_up_policy() == TopUpPolicyKind::None {
             let step = self
-                .insert_step(conn, &mut process, request.amount, "declined", description, reference, now_ms)
+                .insert_step(
+                    conn,
+                    &mut process,
+                    request.amount,
+                    "declined",
+                    description,
+                    reference,
+                    now_ms,
+                )
                 .await?;
             sqlx::query("UPDATE steps SET decline_reason = 'insufficient_release' WHERE id = $1")
                 .bind(&step.id)
@@ -79,7 +106,15 @@ impl Engine {
             StepOutcome::Declined(view)
         } else {
             let step = self
-                .insert_step(conn, &mut process, request.amount, "awaiting_confirmation", description, reference, now_ms)
+                .insert_step(
+                    conn,
+                    &mut process,
+                    request.amount,
+                    "awaiting_confirmation",
+                    description,
+                    reference,
+                    now_ms,
+                )
                 .await?;
             let top_up = self.top_up_amount(&process, request.amount);
             let currency = process.currency();
@@ -109,7 +144,12 @@ impl Engine {
             )
             .await?;
             let view = StepView::from_row(&step, &process);
-            effects.event(&retailer.id, &process.id, "step.awaiting_confirmation", &view);
+            effects.event(
+                &retailer.id,
+                &process.id,
+                "step.awaiting_confirmation",
+                &view,
+            );
             StepOutcome::AwaitingConfirmation(view)
         };
         self.touch(conn, &process, now_ms).await?;
@@ -134,8 +174,9 @@ impl Engine {
                 i64::try_from(product).unwrap_or(Minor::MAX)
             }
         };
-        let max_minor = (self.settings.limits.max_amount * Decimal::from(10_i64.pow(currency.exponent())))
-            .trunc();
+        let max_minor = (self.settings.limits.max_amount
+            * Decimal::from(10_i64.pow(currency.exponent())))
+        .trunc();
         let max_minor = i64::try_from(max_minor).unwrap_or(Minor::MAX);
         by_policy.min(max_minor).max(difference)
     }
@@ -181,7 +222,9 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(EngineError::Invariant("a charge exceeded the remaining amount".into()));
+            return Err(EngineError::Invariant(
+                "a charge exceeded the remaining amount".into(),
+            ));
         }
         process.charged += step.amount;
         process.remaining -= step.amount;
@@ -195,11 +238,19 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         let step = reload_step(conn, &step.id).await?;
-        effects.event(&retailer.id, &process.id, "step.charged", StepView::from_row(&step, process));
+        effects.event(
+            &retailer.id,
+            &process.id,
+            "step.charged",
+            StepView::from_row(&step, process),
+        );
         let currency = process.currency();
-        let (amount, remaining) = (currency.format(step.amount), currency.format(process.remaining));
+        let (amount, remaining) = (
+            currency.format(step.amount),
+            currency.format(process.remaining),
+        );
         let facts = text_facts(retailer, process);
-        effects.to_retailer(
+        effects.message_retailer(
             retailer,
             MessageKind::ExecutionMessage,
             (&facts, &process.id),
@@ -208,7 +259,7 @@ impl Engine {
                 remaining: &remaining,
             },
         );
-        effects.to_customer(
+        effects.message_customer(
             customer,
             process.requested_channel(),
             MessageKind::Receipt,
@@ -223,7 +274,12 @@ impl Engine {
     }
 
     /// Marks activity: an active process expires after its inactivity period from now.
-    pub(super) async fn touch(&self, conn: &mut AnyConnection, process: &ProcessRow, now_ms: i64) -> Result<(), EngineError> {
+    pub(super) async fn touch(
+        &self,
+        conn: &mut AnyConnection,
+        process: &ProcessRow,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
         let expires_at_ms = now_ms + process.inactivity_s * 1000;
         sqlx::query("UPDATE processes SET updated_at_ms = $1, expires_at_ms = $2 WHERE id = $3")
             .bind(now_ms)
@@ -242,15 +298,24 @@ impl Engine {
         let customer_id = process
             .customer_id
             .as_deref()
-            .ok_or(EngineError::Invariant("an active process without a customer".into()))?;
+            .ok_or(EngineError::Invariant(
+                "an active process without a customer".into(),
+            ))?;
         rows::load_customer(conn, customer_id)
             .await?
-            .ok_or(EngineError::Invariant("a process's customer vanished".into()))
+            .ok_or(EngineError::Invariant(
+                "a process's customer vanished".into(),
+            ))
     }
 }
 
-pub(super) async fn reload_step(conn: &mut AnyConnection, step_id: &str) -> Result<StepRow, EngineError> {
+pub(super) async fn reload_step(
+    conn: &mut AnyConnection,
+    step_id: &str,
+) -> Result<StepRow, EngineError> {
     rows::load_step(conn, step_id)
         .await?
-        .ok_or(EngineError::Invariant("a step vanished in its own transaction".into()))
+        .ok_or(EngineError::Invariant(
+            "a step vanished in its own transaction".into(),
+        ))
 }

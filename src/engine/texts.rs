@@ -13,15 +13,42 @@ pub struct TextFacts<'a> {
 }
 
 pub enum Text<'a> {
-    ConfirmationRequest { amount: &'a str, url: &'a str },
-    TopUpRequest { amount: &'a str, step: &'a str, remaining: &'a str, url: &'a str },
-    IdentifierNotification { process_id: &'a str, amount: &'a str },
-    Released { amount: &'a str },
-    ReleaseReceipt { amount: &'a str },
-    Charged { amount: &'a str, remaining: &'a str },
-    StepReceipt { amount: &'a str, remaining: &'a str },
-    Declined { reason: &'a str },
-    Ended { ended: Ended, charged: &'a str, returned: &'a str },
+    ConfirmationRequest {
+        amount: &'a str,
+        url: &'a str,
+    },
+    TopUpRequest {
+        amount: &'a str,
+        step: &'a str,
+        remaining: &'a str,
+        url: &'a str,
+    },
+    IdentifierNotification {
+        process_id: &'a str,
+        amount: &'a str,
+    },
+    Released {
+        amount: &'a str,
+    },
+    ReleaseReceipt {
+        amount: &'a str,
+    },
+    Charged {
+        amount: &'a str,
+        remaining: &'a str,
+    },
+    StepReceipt {
+        amount: &'a str,
+        remaining: &'a str,
+    },
+    Declined {
+        reason: &'a str,
+    },
+    Ended {
+        ended: Ended,
+        charged: &'a str,
+        returned: &'a str,
+    },
 }
 
 #[derive(Clone, Copy)]

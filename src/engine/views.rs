@@ -108,7 +108,9 @@ impl StepView {
             amount: currency.format(row.amount),
             currency: process.currency.clone(),
             status: row.status.clone(),
-            remaining: row.remaining_after.map(|remaining| currency.format(remaining)),
+            remaining: row
+                .remaining_after
+                .map(|remaining| currency.format(remaining)),
             description: row.description.clone(),
             reference: row.reference.clone(),
             decline_reason: row.decline_reason.clone(),

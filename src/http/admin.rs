@@ -34,10 +34,18 @@ impl CreateCustomerBody {
         let msisdn = self.msisdn.as_deref().map(Msisdn::parse).transpose()?;
         let email = self.email.as_deref().map(Email::parse).transpose()?;
         if msisdn.is_none() && email.is_none() {
-            return Err(FieldError::new("msisdn", "a customer needs an msisdn, an email, or both"));
+            return Err(FieldError::new(
+                "msisdn",
+                "a customer needs an msisdn, an email, or both",
+            ));
         }
         let name = bounded_name(&self.name)?;
-        let language = self.language.as_deref().map(Language::parse).transpose()?.unwrap_or_default();
+        let language = self
+            .language
+            .as_deref()
+            .map(Language::parse)
+            .transpose()?
+            .unwrap_or_default();
         let preferred_channel = match self.preferred_channel.as_deref() {
             Some(text) => match text.parse::<ChannelName>() {
                 Ok(ChannelName::Webhook) | Err(_) => {
@@ -51,8 +59,13 @@ impl CreateCustomerBody {
             None if msisdn.is_some() => ChannelName::Sms,
             None => ChannelName::Email,
         };
-        let needs_msisdn = matches!(preferred_channel, ChannelName::Sms | ChannelName::WapPush | ChannelName::Voice);
-        if (needs_msisdn && msisdn.is_none()) || (preferred_channel == ChannelName::Email && email.is_none()) {
+        let needs_msisdn = matches!(
+            preferred_channel,
+            ChannelName::Sms | ChannelName::WapPush | ChannelName::Voice
+        );
+        if (needs_msisdn && msisdn.is_none())
+            || (preferred_channel == ChannelName::Email && email.is_none())
+        {
             return Err(FieldError::new(
                 "preferred_channel",
                 "the customer has no address on that channel",
@@ -72,7 +85,10 @@ impl CreateCustomerBody {
 
 fn bounded_name(name: &str) -> Result<String, FieldError> {
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > NAME_LENGTH_MAX || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > NAME_LENGTH_MAX
+        || name.chars().any(char::is_control)
+    {
         return Err(FieldError::new(
             "name",
             format!("must be 1 to {NAME_LENGTH_MAX} characters without control characters"),
@@ -98,7 +114,9 @@ impl CreateRetailerBody {
             None => None,
             Some(url) => {
                 let url = url.trim().to_string();
-                if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > URL_LENGTH_MAX {
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || url.len() > URL_LENGTH_MAX
+                {
                     return Err(FieldError::new("webhook_url", "must be an http(s) URL"));
                 }
                 Some(url)
@@ -109,10 +127,18 @@ impl CreateRetailerBody {
         let mut notify = Vec::new();
         for name in self.notify.unwrap_or_default() {
             let channel = match name.parse::<ChannelName>() {
-                Ok(channel @ (ChannelName::Webhook | ChannelName::Sms | ChannelName::Email | ChannelName::Console)) => {
-                    channel
+                Ok(
+                    channel @ (ChannelName::Webhook
+                    | ChannelName::Sms
+                    | ChannelName::Email
+                    | ChannelName::Console),
+                ) => channel,
+                _ => {
+                    return Err(FieldError::new(
+                        "notify",
+                        "channels must be webhook, sms, email or console",
+                    ))
                 }
-                _ => return Err(FieldError::new("notify", "channels must be webhook, sms, email or console")),
             };
             let has_address = match channel {
                 ChannelName::Webhook => webhook_url.is_some(),
@@ -148,7 +174,11 @@ pub struct DepositBody {
     reference: Option<String>,
 }
 
-pub async fn create_customer(State(state): State<AppState>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_customer(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let customer = parse_json::<CreateCustomerBody>(&body)?.into_domain()?;
     let mut tx = state.engine.store.begin_write().await?;
     let id = state.engine.create_customer(&mut tx, customer).await?;
@@ -163,14 +193,21 @@ pub async fn create_deposit(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: DepositBody = parse_json(&body)?;
-    let currency = Currency::parse(&request.currency).map_err(|error| money_error("currency", error))?;
+    let currency =
+        Currency::parse(&request.currency).map_err(|error| money_error("currency", error))?;
     let amount = currency
         .parse_amount(&request.amount, state.engine.settings.limits.max_amount)
         .map_err(|error| money_error("amount", error))?;
     let mut tx = state.engine.store.begin_write().await?;
     let credit = state
         .engine
-        .deposit(&mut tx, &customer_id, currency, amount, request.reference.as_deref())
+        .deposit(
+            &mut tx,
+            &customer_id,
+            currency,
+            amount,
+            request.reference.as_deref(),
+        )
         .await?;
     tx.commit().await?;
     Ok((
@@ -186,11 +223,18 @@ pub async fn get_customer(
     Path(customer_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.store.reader().acquire().await?;
-    let summary = state.engine.customer_summary(&mut conn, &customer_id).await?;
+    let summary = state
+        .engine
+        .customer_summary(&mut conn, &customer_id)
+        .await?;
     Ok(Json(summary).into_response())
 }
 
-pub async fn create_retailer(State(state): State<AppState>, _admin: Admin, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_retailer(
+    State(state): State<AppState>,
+    _admin: Admin,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let retailer = parse_json::<CreateRetailerBody>(&body)?.into_domain()?;
     let mut tx = state.engine.store.begin_write().await?;
     let credentials = state.engine.create_retailer(&mut tx, retailer).await?;
@@ -198,7 +242,10 @@ pub async fn create_retailer(State(state): State<AppState>, _admin: Admin, body:
     Ok((StatusCode::CREATED, Json(credentials)).into_response())
 }
 
-pub async fn verify_ledger(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
+pub async fn verify_ledger(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> Result<Response, ApiError> {
     let mut conn = state.engine.store.reader().acquire().await?;
     let report = crate::ledger::verify(&mut conn).await?;
     let status = if report.ok {

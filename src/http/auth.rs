@@ -23,7 +23,10 @@ pub struct Retailer(pub RetailerRow);
 impl FromRequestParts<AppState> for Retailer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
         let retailer = state
             .engine
@@ -40,9 +43,15 @@ pub struct Admin;
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        if constant_time_equal(token.as_bytes(), state.engine.settings.admin.token.as_bytes()) {
+        if constant_time_equal(
+            token.as_bytes(),
+            state.engine.settings.admin.token.as_bytes(),
+        ) {
             Ok(Admin)
         } else {
             Err(ApiError::unauthorized())
@@ -55,5 +64,8 @@ fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
     if left.len() != right.len() {
         return false;
     }
-    left.iter().zip(right).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
 }

@@ -37,15 +37,27 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
     }
 
     pub fn not_found(what: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn internal() -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it has been logged",
+        )
     }
 
     pub fn body(&self) -> Value {
@@ -65,22 +77,32 @@ impl IntoResponse for ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(error: FieldError) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", error.to_string())
-            .with_details(json!({"field": error.field}))
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            error.to_string(),
+        )
+        .with_details(json!({"field": error.field}))
     }
 }
 
 /// Money errors name the field they came from.
 pub fn money_error(field: &'static str, error: MoneyError) -> ApiError {
     let code = match error {
-        MoneyError::UnknownCurrency(_) | MoneyError::CurrencyWithoutExponent(_) => "unsupported_currency",
+        MoneyError::UnknownCurrency(_) | MoneyError::CurrencyWithoutExponent(_) => {
+            "unsupported_currency"
+        }
         MoneyError::NotADecimal(_)
         | MoneyError::TooManyDecimals { .. }
         | MoneyError::NotPositive
         | MoneyError::OverMaximum(_) => "invalid_amount",
     };
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, format!("{field}: {error}"))
-        .with_details(json!({"field": field}))
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        code,
+        format!("{field}: {error}"),
+    )
+    .with_details(json!({"field": field}))
 }
 
 impl From<EngineError> for ApiError {
@@ -88,22 +110,32 @@ impl From<EngineError> for ApiError {
         use StatusCode as S;
         match error {
             EngineError::NotFound(what) => ApiError::not_found(what),
-            EngineError::CustomerNotFound => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "customer_not_found", error.to_string())
-            }
+            EngineError::CustomerNotFound => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "customer_not_found",
+                error.to_string(),
+            ),
             EngineError::ProcessNotActive { ref status } => {
                 let status = status.clone();
                 ApiError::new(S::CONFLICT, "process_not_active", error.to_string())
                     .with_details(json!({"status": status}))
             }
-            EngineError::TopUpPending => ApiError::new(S::CONFLICT, "top_up_pending", error.to_string()),
-            EngineError::StepLimitReached(_) => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "step_limit_reached", error.to_string())
+            EngineError::TopUpPending => {
+                ApiError::new(S::CONFLICT, "top_up_pending", error.to_string())
             }
-            EngineError::ChannelUnavailable { .. } => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "channel_unavailable", error.to_string())
+            EngineError::StepLimitReached(_) => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "step_limit_reached",
+                error.to_string(),
+            ),
+            EngineError::ChannelUnavailable { .. } => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "channel_unavailable",
+                error.to_string(),
+            ),
+            EngineError::CodeSpaceExhausted => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", error.to_string())
             }
-            EngineError::CodeSpaceExhausted => ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", error.to_string()),
             EngineError::Conflict(message) => ApiError::new(S::CONFLICT, "conflict", message),
             EngineError::Invalid(field_error) => field_error.into(),
             EngineError::Database(ref database_error) => {
@@ -111,7 +143,11 @@ impl From<EngineError> for ApiError {
                 // the client may simply try again.
                 if crate::store::is_unique_violation(database_error) {
                     tracing::warn!(error = %database_error, "Unique conflict, answered as retriable");
-                    return ApiError::new(S::SERVICE_UNAVAILABLE, "unavailable", "a concurrent change won; try again");
+                    return ApiError::new(
+                        S::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "a concurrent change won; try again",
+                    );
                 }
                 tracing::error!(error = %error, "Database error");
                 ApiError::internal()
@@ -142,7 +178,11 @@ impl From<sqlx::Error> for ApiError {
 /// say what is wrong, before anything is changed.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", "the body must be a JSON object"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body must be a JSON object",
+        ));
     }
     serde_json::from_slice(body).map_err(|error| match error.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => ApiError::new(
@@ -151,7 +191,9 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             format!("the body is not valid JSON: {error}"),
         ),
         serde_json::error::Category::Data | serde_json::error::Category::Io => {
-            ApiError::bad_request(format!("the body does not match the request schema: {error}"))
+            ApiError::bad_request(format!(
+                "the body does not match the request schema: {error}"
+            ))
         }
     })
 }

@@ -28,17 +28,25 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let processes = sqlx::query("SELECT status, COUNT(*) AS n FROM processes GROUP BY status")
         .fetch_all(pool)
         .await;
-    let outbox = sqlx::query("SELECT status, channel, COUNT(*) AS n FROM outbox GROUP BY status, channel")
-        .fetch_all(pool)
-        .await;
+    let outbox =
+        sqlx::query("SELECT status, channel, COUNT(*) AS n FROM outbox GROUP BY status, channel")
+            .fetch_all(pool)
+            .await;
     let (Ok(processes), Ok(outbox)) = (processes, outbox) else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database unavailable".to_string(),
+        );
     };
-    text.push_str("# HELP paystep_processes Processes by status.\n# TYPE paystep_processes gauge\n");
+    text.push_str(
+        "# HELP paystep_processes Processes by status.\n# TYPE paystep_processes gauge\n",
+    );
     for row in processes {
         let status: String = row.try_get("status").unwrap_or_default();
         let count: i64 = row.try_get("n").unwrap_or_default();
-        text.push_str(&format!("paystep_processes{{status=\"{status}\"}} {count}\n"));
+        text.push_str(&format!(
+            "paystep_processes{{status=\"{status}\"}} {count}\n"
+        ));
     }
     text.push_str("# HELP paystep_outbox_messages Outbound messages by status and channel.\n# TYPE paystep_outbox_messages gauge\n");
     for row in outbox {

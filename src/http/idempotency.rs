@@ -51,7 +51,8 @@ pub fn fingerprint(method_and_path: &str, body: &[u8]) -> String {
     format!("{:x}", hasher.finalize())
 }
 
-pub type OperationFuture<'c> = Pin<Box<dyn Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'c>>;
+pub type OperationFuture<'c> =
+    Pin<Box<dyn Future<Output = Result<(StatusCode, Value), ApiError>> + Send + 'c>>;
 
 struct Saved {
     request_hash: String,
@@ -101,7 +102,17 @@ where
         Err(error) if error.status.is_client_error() => {
             tx.rollback().await?;
             let mut tx = store.begin_write().await?;
-            if !save(&mut tx, scope, &key.0, &request_hash, error.status, &error.body(), now_ms).await? {
+            if !save(
+                &mut tx,
+                scope,
+                &key.0,
+                &request_hash,
+                error.status,
+                &error.body(),
+                now_ms,
+            )
+            .await?
+            {
                 tx.rollback().await?;
                 return replay_current(store, scope, &key.0, &request_hash).await;
             }
@@ -157,9 +168,16 @@ async fn save(
     Ok(inserted.rows_affected() == 1)
 }
 
-async fn replay_current(store: &Store, scope: &str, key: &str, request_hash: &str) -> Result<Response, ApiError> {
+async fn replay_current(
+    store: &Store,
+    scope: &str,
+    key: &str,
+    request_hash: &str,
+) -> Result<Response, ApiError> {
     let mut conn = store.reader().acquire().await?;
-    let saved = find(&mut conn, scope, key).await?.ok_or_else(ApiError::internal)?;
+    let saved = find(&mut conn, scope, key)
+        .await?
+        .ok_or_else(ApiError::internal)?;
     replay(saved, request_hash)
 }
 
@@ -175,10 +193,12 @@ fn replay(saved: Saved, request_hash: &str) -> Result<Response, ApiError> {
         .ok()
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or_else(ApiError::internal)?;
-    let body: Value = serde_json::from_str(&saved.response_body).map_err(|_| ApiError::internal())?;
+    let body: Value =
+        serde_json::from_str(&saved.response_body).map_err(|_| ApiError::internal())?;
     let mut response = (status, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    response.headers_mut().insert(
+        "idempotent-replayed",
+        axum::http::HeaderValue::from_static("true"),
+    );
     Ok(response)
 }

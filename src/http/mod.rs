@@ -34,14 +34,23 @@ pub fn router(state: AppState) -> Router {
     let body_limit_bytes = state.engine.settings.http.body_limit_bytes;
     let request_timeout = Duration::from_millis(state.engine.settings.http.request_timeout_ms);
     Router::new()
-        .route("/v1/processes", post(retailer::create_process).get(retailer::list_processes))
+        .route(
+            "/v1/processes",
+            post(retailer::create_process).get(retailer::list_processes),
+        )
         .route("/v1/processes/{id}", get(retailer::get_process))
-        .route("/v1/processes/{id}/steps", post(retailer::create_step).get(retailer::list_steps))
+        .route(
+            "/v1/processes/{id}/steps",
+            post(retailer::create_step).get(retailer::list_steps),
+        )
         .route("/v1/processes/{id}/close", post(retailer::close_process))
         .route("/v1/events", get(retailer::list_events))
         .route("/admin/v1/customers", post(admin::create_customer))
         .route("/admin/v1/customers/{id}", get(admin::get_customer))
-        .route("/admin/v1/customers/{id}/deposits", post(admin::create_deposit))
+        .route(
+            "/admin/v1/customers/{id}/deposits",
+            post(admin::create_deposit),
+        )
         .route("/admin/v1/retailers", post(admin::create_retailer))
         .route("/admin/v1/ledger/verify", get(admin::verify_ledger))
         .route("/c/{token}", get(page::show).post(page::answer))
@@ -50,9 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn(map_body_limit))
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(body_limit_bytes))
+        // Outside the limit layer, which answers by itself when Content-Length is too big.
+        .layer(axum::middleware::from_fn(map_body_limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
@@ -66,11 +76,18 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// The body limit layer answers with a bare 413; give it the API's error shape.
-async fn map_body_limit(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn map_body_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let response = next.run(request).await;
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
-            .into_response();
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        )
+        .into_response();
     }
     response
 }

@@ -135,7 +135,10 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
     let words = words(page.language);
     let mut body = format!("<h1>{}</h1>", words.title);
     if let Some(note) = note {
-        body.push_str(&format!("<p class=\"note\" role=\"alert\">{}</p>", escape(note)));
+        body.push_str(&format!(
+            "<p class=\"note\" role=\"alert\">{}</p>",
+            escape(note)
+        ));
     }
     let asks = match page.kind {
         ConfirmationKind::Initial => words.asks,
@@ -164,7 +167,10 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
     ));
     if page.status != ConfirmationStatus::Pending {
         if note.is_none() {
-            body.push_str(&format!("<p class=\"note\">{}</p>", status_words(page.status, words)));
+            body.push_str(&format!(
+                "<p class=\"note\">{}</p>",
+                status_words(page.status, words)
+            ));
         }
         return layout(page.language, &body);
     }
@@ -203,7 +209,10 @@ fn status_words(status: ConfirmationStatus, words: &Words) -> &'static str {
 fn not_found() -> Response {
     let en = words(Language::En);
     let de = words(Language::De);
-    let body = format!("<h1>{}</h1><p>{}</p><p lang=\"de\">{}</p>", en.title, en.unknown, de.unknown);
+    let body = format!(
+        "<h1>{}</h1><p>{}</p><p lang=\"de\">{}</p>",
+        en.title, en.unknown, de.unknown
+    );
     (StatusCode::NOT_FOUND, Html(layout(Language::En, &body))).into_response()
 }
 
@@ -225,12 +234,20 @@ pub async fn show(State(state): State<AppState>, Path(token): Path<String>) -> R
         Ok(None) => not_found(),
         Err(error) => {
             tracing::error!(error = %error, "Cannot show a confirmation page");
-            (StatusCode::INTERNAL_SERVER_ERROR, Html(layout(Language::En, "<p>Internal error.</p>"))).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html(layout(Language::En, "<p>Internal error.</p>")),
+            )
+                .into_response()
         }
     }
 }
 
-pub async fn answer(State(state): State<AppState>, Path(token): Path<String>, form: Result<Form<AnswerForm>, axum::extract::rejection::FormRejection>) -> Response {
+pub async fn answer(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    form: Result<Form<AnswerForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let form = form.ok();
     if !valid_token(&token) {
         return not_found();
@@ -274,7 +291,10 @@ pub async fn answer(State(state): State<AppState>, Path(token): Path<String>, fo
         (Ok(_), Ok(None)) => return not_found(),
         (Err(error), _) | (_, Err(error)) => {
             tracing::error!(error = %error, "Cannot answer a confirmation request");
-            return (StatusCode::INTERNAL_SERVER_ERROR, Html(layout(Language::En, "<p>Internal error.</p>")))
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html(layout(Language::En, "<p>Internal error.</p>")),
+            )
                 .into_response();
         }
     };
@@ -286,7 +306,9 @@ pub async fn answer(State(state): State<AppState>, Path(token): Path<String>, fo
         Some(AnswerOutcome::Expired) => Some(words.expired.to_string()),
         Some(AnswerOutcome::InsufficientCredit) => Some(words.insufficient.to_string()),
         Some(AnswerOutcome::PinRequired { .. }) => Some(words.pin_required.to_string()),
-        Some(AnswerOutcome::WrongPin { tries_left }) => Some(format!("{} {tries_left}", words.wrong_pin)),
+        Some(AnswerOutcome::WrongPin { tries_left }) => {
+            Some(format!("{} {tries_left}", words.wrong_pin))
+        }
         Some(AnswerOutcome::PinTriesExceeded) => Some(words.pin_tries.to_string()),
         Some(AnswerOutcome::LockedOut { until_ms }) => Some(format!(
             "{} {} UTC",
@@ -297,7 +319,9 @@ pub async fn answer(State(state): State<AppState>, Path(token): Path<String>, fo
     };
     let status = match outcome {
         None => StatusCode::BAD_REQUEST,
-        Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. }) => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. }) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         Some(AnswerOutcome::LockedOut { .. }) => StatusCode::TOO_MANY_REQUESTS,
         Some(AnswerOutcome::NotPending { .. } | AnswerOutcome::Expired) => StatusCode::CONFLICT,
         Some(_) => StatusCode::OK,

@@ -68,11 +68,17 @@ pub struct CloseBody {}
 
 /// Free text from a retailer: bounded, and without control characters that could break an
 /// SMS or a log line.
-fn text_field(field: &'static str, value: Option<String>, length_max: usize) -> Result<Option<String>, ApiError> {
+fn text_field(
+    field: &'static str,
+    value: Option<String>,
+    length_max: usize,
+) -> Result<Option<String>, ApiError> {
     let Some(value) = value else { return Ok(None) };
     let value = value.trim().to_string();
     if value.chars().count() > length_max {
-        return Err(FieldError::new(field, format!("must be at most {length_max} characters")).into());
+        return Err(
+            FieldError::new(field, format!("must be at most {length_max} characters")).into(),
+        );
     }
     if value.chars().any(char::is_control) {
         return Err(FieldError::new(field, "must not contain control characters").into());
@@ -83,7 +89,8 @@ fn text_field(field: &'static str, value: Option<String>, length_max: usize) -> 
 impl CreateProcessBody {
     fn into_domain(self, state: &AppState) -> Result<NewProcess, ApiError> {
         let settings = &state.engine.settings;
-        let currency = Currency::parse(&self.currency).map_err(|error| money_error("currency", error))?;
+        let currency =
+            Currency::parse(&self.currency).map_err(|error| money_error("currency", error))?;
         let max_amount = settings.limits.max_amount;
         let release = currency
             .parse_amount(&self.release, max_amount)
@@ -120,11 +127,16 @@ impl CreateProcessBody {
                 let factor = match body.factor {
                     None => settings.engine.top_up_factor,
                     Some(text) => {
-                        let factor: Decimal = text
-                            .trim()
-                            .parse()
-                            .map_err(|_| FieldError::new("top_up.factor", "must be a decimal string such as \"5\""))?;
-                        if factor <= Decimal::ONE || factor > Decimal::from(1000) || factor.scale() > 4 {
+                        let factor: Decimal = text.trim().parse().map_err(|_| {
+                            FieldError::new(
+                                "top_up.factor",
+                                "must be a decimal string such as \"5\"",
+                            )
+                        })?;
+                        if factor <= Decimal::ONE
+                            || factor > Decimal::from(1000)
+                            || factor.scale() > 4
+                        {
                             return Err(FieldError::new(
                                 "top_up.factor",
                                 "must be more than 1 and at most 1000, with at most 4 decimals",
@@ -142,11 +154,16 @@ impl CreateProcessBody {
         };
         let inactivity_s = match self.expires_in_s {
             None => settings.engine.process_inactivity_s,
-            Some(seconds) if (1..=settings.engine.process_inactivity_max_s).contains(&seconds) => seconds,
+            Some(seconds) if (1..=settings.engine.process_inactivity_max_s).contains(&seconds) => {
+                seconds
+            }
             Some(_) => {
                 return Err(FieldError::new(
                     "expires_in_s",
-                    format!("must be between 1 and {}", settings.engine.process_inactivity_max_s),
+                    format!(
+                        "must be between 1 and {}",
+                        settings.engine.process_inactivity_max_s
+                    ),
                 )
                 .into())
             }
@@ -171,7 +188,9 @@ impl CustomerBody {
             (Some(msisdn), None, None) => Ok(CustomerRef::Msisdn(Msisdn::parse(&msisdn)?)),
             (None, Some(email), None) => Ok(CustomerRef::Email(Email::parse(&email)?)),
             (None, None, Some(id)) => Ok(CustomerRef::Id(id)),
-            _ => Err(FieldError::new("customer", "must have exactly one of msisdn, email or id").into()),
+            _ => Err(
+                FieldError::new("customer", "must have exactly one of msisdn, email or id").into(),
+            ),
         }
     }
 }
@@ -231,7 +250,8 @@ pub async fn create_step(
         reference: text_field("reference", request.reference, REFERENCE_LENGTH_MAX)?,
     };
     let scope = format!("retailer:{}", retailer.id);
-    let fingerprint = idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/steps"), &body);
+    let fingerprint =
+        idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/steps"), &body);
     let (store, now_ms) = (engine.store.clone(), engine.now_ms());
     idempotency::run(
         &store,
@@ -270,7 +290,8 @@ pub async fn close_process(
     }
     let engine = state.engine.clone();
     let scope = format!("retailer:{}", retailer.id);
-    let fingerprint = idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/close"), &body);
+    let fingerprint =
+        idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/close"), &body);
     let (store, now_ms) = (engine.store.clone(), engine.now_ms());
     idempotency::run(
         &store,
@@ -314,7 +335,9 @@ fn page_size(limit: Option<i64>, state: &AppState) -> Result<i64, ApiError> {
     match limit {
         None => Ok(PAGE_SIZE_DEFAULT.min(page_size_max)),
         Some(limit) if (1..=page_size_max).contains(&limit) => Ok(limit),
-        Some(_) => Err(FieldError::new("limit", format!("must be between 1 and {page_size_max}")).into()),
+        Some(_) => {
+            Err(FieldError::new("limit", format!("must be between 1 and {page_size_max}")).into())
+        }
     }
 }
 
@@ -341,7 +364,9 @@ pub async fn list_processes(
             let cursor = rows::load_process(&mut conn, after_id)
                 .await?
                 .filter(|process| process.retailer_id == retailer.id)
-                .ok_or_else(|| FieldError::new("after", "must be the id of one of your processes"))?;
+                .ok_or_else(|| {
+                    FieldError::new("after", "must be the id of one of your processes")
+                })?;
             Some((cursor.created_at_ms, cursor.id))
         }
     };
@@ -364,7 +389,10 @@ pub async fn list_steps(
         .filter(|process| process.retailer_id == retailer.id)
         .ok_or_else(|| ApiError::not_found("process"))?;
     let steps = rows::list_steps(&mut conn, &process_id).await?;
-    let views: Vec<StepView> = steps.iter().map(|step| StepView::from_row(step, &process)).collect();
+    let views: Vec<StepView> = steps
+        .iter()
+        .map(|step| StepView::from_row(step, &process))
+        .collect();
     Ok(Json(json!({"steps": views})).into_response())
 }
 

@@ -19,8 +19,6 @@ use crate::clock::SharedClock;
 use crate::config::OutboxSettings;
 use crate::store::{Store, StoreError};
 
-/// How long a claimed message is reserved for the worker delivering it.
-const CLAIM_LEASE_MS: i64 = 60_000;
 /// Longest error text kept per message.
 const ERROR_LENGTH_MAX: usize = 1000;
 
@@ -71,7 +69,7 @@ impl Dispatcher {
                 "UPDATE outbox SET next_attempt_at_ms = $1, attempts = attempts + 1 \
                  WHERE position = $2 AND status = 'queued' AND next_attempt_at_ms <= $3",
             )
-            .bind(now_ms + CLAIM_LEASE_MS)
+            .bind(now_ms + self.settings.claim_lease_ms)
             .bind(position)
             .bind(now_ms)
             .execute(&mut *tx)
@@ -86,7 +84,7 @@ impl Dispatcher {
 
     async fn deliver(&self, position: i64, now_ms: i64) -> Result<ExecutionOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT id, channel, kind, to_address, retailer_id, process_id, code, language, text, url, \
+            "SELECT id, channel, intended_channel, kind, to_address, retailer_id, process_id, code, language, text, url, \
              payload, attempts, created_at_ms FROM outbox WHERE position = $1",
         )
         .bind(position)
@@ -98,6 +96,10 @@ impl Dispatcher {
         let message = OutboundMessage {
             id: row.try_get("id")?,
             channel: channel_name.parse().unwrap_or(ChannelName::Console),
+            intended_channel: row
+                .try_get::<String, _>("intended_channel")?
+                .parse()
+                .unwrap_or(ChannelName::Console),
             kind: row
                 .try_get::<String, _>("kind")?
                 .parse()
@@ -116,7 +118,9 @@ impl Dispatcher {
         let result = match self.channels.get(&message.channel) {
             Some(channel) => channel.send(&message).await,
             // Configuration may change between writing and delivering; wait for it.
-            None => Err(SendError::Retriable(format!("channel {channel_name} is not configured"))),
+            None => Err(SendError::Retriable(format!(
+                "channel {channel_name} is not configured"
+            ))),
         };
         let mut tx = self.store.begin_write().await?;
         let outcome = match result {
@@ -138,11 +142,13 @@ impl Dispatcher {
                 let dead = matches!(error, SendError::Permanent(_)) || too_old;
                 if dead {
                     tracing::error!(message_id = %message.id, channel = %channel_name, error = %text, "Outbound message dead-lettered");
-                    sqlx::query("UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2")
-                        .bind(&text)
-                        .bind(position)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2",
+                    )
+                    .bind(&text)
+                    .bind(position)
+                    .execute(&mut *tx)
+                    .await?;
                     ExecutionOutcome::DeadLettered
                 } else {
                     let delay_ms = self.backoff_ms(attempts);

@@ -46,7 +46,7 @@ struct ConsoleLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<&'a str>,
     message_id: &'a str,
-    routed_to: &'static str,
+    intended_channel: &'static str,
     retailer_id: Option<&'a str>,
     language: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,7 +72,7 @@ impl ConsoleChannel {
             text: &message.text,
             url: message.url.as_deref(),
             message_id: &message.id,
-            routed_to: message.channel.as_str(),
+            intended_channel: message.intended_channel.as_str(),
             retailer_id: message.retailer_id.as_deref(),
             language: &message.language,
             payload: message.payload.as_ref(),
@@ -129,6 +129,7 @@ mod tests {
         OutboundMessage {
             id: "m1".into(),
             channel: ChannelName::Console,
+            intended_channel: ChannelName::Sms,
             kind: MessageKind::ConfirmationRequest,
             to: "+491701234567".into(),
             retailer_id: Some("r1".into()),

@@ -1,0 +1,255 @@
+//! The real binary, killed with SIGKILL right after it acknowledged steps, and restarted:
+//! every acknowledged step and its outbox messages are still there and get delivered.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN, PIN};
+use crate::on_both_databases;
+
+const STEPS: usize = 25;
+
+on_both_databases!(every_acknowledged_step_and_its_messages_survive_sigkill);
+
+struct Daemon {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn paystep(database_url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_paystep"));
+    command
+        .env("PAYSTEP__DATABASE__URL", database_url)
+        .env("PAYSTEP__ADMIN__TOKEN", ADMIN_TOKEN)
+        .env("PAYSTEP__LOG__LEVEL", "warn");
+    command
+}
+
+async fn start_daemon(database_url: &str, console_path: &Path) -> Daemon {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let child = paystep(database_url)
+        .arg("serve")
+        .env("PAYSTEP__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PAYSTEP__HTTP__PUBLIC_URL", &base)
+        .env("PAYSTEP__CHANNELS__CONSOLE__PATH", console_path)
+        .env("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "20")
+        // A message the killed daemon had claimed waits out this lease before the new one
+        // delivers it.
+        .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "500")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the paystep binary starts");
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status() == StatusCode::OK {
+                return Daemon {
+                    child,
+                    base,
+                    client,
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the daemon did not become ready");
+}
+
+impl Daemon {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn sigkill(mut self) {
+        // tokio's kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn console_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+async fn every_acknowledged_step_and_its_messages_survive_sigkill(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(db, dir.path()).await;
+    let console_path = dir.path().join("console.jsonl");
+    let daemon = start_daemon(&database_url, &console_path).await;
+    use reqwest::Method;
+
+    let (_, retailer) = daemon
+        .call(
+            Method::POST,
+            "/admin/v1/retailers",
+            ADMIN_TOKEN,
+            Some(json!({"name": "Kiosk"})),
+        )
+        .await;
+    let api_key = retailer["api_key"].as_str().unwrap().to_string();
+    let (_, customer) = daemon
+        .call(
+            Method::POST,
+            "/admin/v1/customers",
+            ADMIN_TOKEN,
+            Some(json!({"name": "Ben", "msisdn": "+491761000001", "pin": PIN})),
+        )
+        .await;
+    let customer_id = customer["id"].as_str().unwrap().to_string();
+    daemon
+        .call(
+            Method::POST,
+            &format!("/admin/v1/customers/{customer_id}/deposits"),
+            ADMIN_TOKEN,
+            Some(json!({"amount": "100.00", "currency": "EUR"})),
+        )
+        .await;
+    let (status, process) = daemon
+        .call(
+            Method::POST,
+            "/v1/processes",
+            &api_key,
+            Some(json!({"customer": {"msisdn": "+491761000001"}, "currency": "EUR", "release": "50.00", "description": "Snacks"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let process_id = process["id"].as_str().unwrap().to_string();
+    let mut link = None;
+    for _ in 0..300 {
+        link = console_lines(&console_path)
+            .into_iter()
+            .find(|m| m["kind"] == "confirmation_request")
+            .map(|m| m["url"].as_str().unwrap().to_string());
+        if link.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let link = link.expect("the confirmation request reached the console");
+    let confirmed = daemon
+        .client
+        .post(&link)
+        .form(&[("action", "confirm"), ("pin", PIN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), StatusCode::OK);
+
+    let mut acknowledged = Vec::new();
+    for _ in 0..STEPS {
+        let (status, step) = daemon
+            .call(
+                Method::POST,
+                &format!("/v1/processes/{process_id}/steps"),
+                &api_key,
+                Some(json!({"amount": "1.00"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        acknowledged.push(step["id"].as_str().unwrap().to_string());
+    }
+    daemon.sigkill().await;
+
+    let daemon = start_daemon(&database_url, &console_path).await;
+    let (_, steps) = daemon
+        .call(
+            Method::GET,
+            &format!("/v1/processes/{process_id}/steps"),
+            &api_key,
+            None,
+        )
+        .await;
+    let steps = steps["steps"].as_array().unwrap();
+    for id in &acknowledged {
+        let step = steps
+            .iter()
+            .find(|step| step["id"] == id.as_str())
+            .expect("an acknowledged step survived");
+        assert_eq!(step["status"], "charged");
+    }
+    let (_, process) = daemon
+        .call(
+            Method::GET,
+            &format!("/v1/processes/{process_id}"),
+            &api_key,
+            None,
+        )
+        .await;
+    assert_eq!(process["charged"], format!("{STEPS}.00"));
+
+    // Every charge's execution message and receipt was committed with it, and the restarted
+    // daemon delivers whatever the killed one had not.
+    let expected_execution_messages = STEPS + 1;
+    let mut delivered = 0;
+    for _ in 0..1000 {
+        delivered = console_lines(&console_path)
+            .iter()
+            .filter(|m| m["kind"] == "execution_message" && m["process_id"] == process_id.as_str())
+            .map(|m| m["message_id"].as_str().unwrap().to_string())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if delivered >= expected_execution_messages {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered, expected_execution_messages);
+    let receipts = console_lines(&console_path)
+        .iter()
+        .filter(|m| m["kind"] == "receipt" && m["process_id"] == process_id.as_str())
+        .map(|m| m["message_id"].as_str().unwrap().to_string())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    assert!(receipts >= STEPS, "receipts: {receipts}");
+
+    let (status, report) = daemon
+        .call(Method::GET, "/admin/v1/ledger/verify", ADMIN_TOKEN, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report:#}");
+    daemon.sigkill().await;
+    // The CLI checks the same invariants against the database directly.
+    let verify = paystep(&database_url)
+        .args(["ledger", "verify"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

@@ -1,0 +1,11 @@
+//! The one integration test binary: every scenario runs against SQLite and PostgreSQL.
+
+mod helpers;
+
+mod claims;
+mod concurrency;
+mod confirmation;
+mod durability;
+mod expiry;
+mod idempotency;
+mod validation;

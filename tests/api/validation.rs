@@ -1,0 +1,323 @@
+//! Bad input gets a clear 4xx and changes nothing.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{eur_process, spawn_app, Db, TestApp};
+use crate::on_both_databases;
+
+on_both_databases!(
+    bad_amounts_are_refused_with_a_clear_error_and_change_nothing,
+    unknown_fields_and_malformed_json_are_refused_and_change_nothing,
+    requests_without_a_valid_key_or_for_another_retailers_process_are_refused,
+);
+
+/// Everything a refused request could have touched.
+async fn footprint(app: &TestApp) -> [i64; 6] {
+    [
+        app.count("processes").await,
+        app.count("steps").await,
+        app.count("transfers").await,
+        app.count("events").await,
+        app.count("outbox").await,
+        app.count("confirmations").await,
+    ]
+}
+
+async fn assert_refused(
+    app: &TestApp,
+    answer: crate::helpers::Answer,
+    status: StatusCode,
+    code: &str,
+) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.body["error"]["code"], code, "{}", answer.body);
+    assert!(!answer.body["error"]["message"].as_str().unwrap().is_empty());
+    let _ = app;
+}
+
+async fn bad_amounts_are_refused_with_a_clear_error_and_change_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer("+491741000001", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000001", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+
+    let with_release = |release: Value| {
+        let mut body = eur_process("+491741000001", "1.00");
+        body["release"] = release;
+        body
+    };
+    for (release, status, code) in [
+        (
+            json!("1.001"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("-5.00"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("0"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("0.00"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("10000.01"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("99999999999999999999999"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("1e2"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (
+            json!("ten"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        ),
+        (json!(12.5), StatusCode::BAD_REQUEST, "invalid_request"),
+    ] {
+        let answer = app
+            .post(&retailer, "/v1/processes", with_release(release.clone()))
+            .await;
+        assert_refused(&app, answer, status, code).await;
+    }
+    let answer = app
+        .post(&retailer, "/v1/processes", {
+            let mut body = eur_process("+491741000001", "1.00");
+            body["currency"] = json!("JPY");
+            body["release"] = json!("1.5");
+            body
+        })
+        .await;
+    assert_refused(
+        &app,
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_amount",
+    )
+    .await;
+    let answer = app
+        .post(&retailer, "/v1/processes", {
+            let mut body = eur_process("+491741000001", "1.00");
+            body["currency"] = json!("EURO");
+            body
+        })
+        .await;
+    assert_refused(
+        &app,
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unsupported_currency",
+    )
+    .await;
+    let answer = app
+        .post(&retailer, "/v1/processes", {
+            let mut body = eur_process("+491741000001", "1.00");
+            body["charge"] = json!("2.00");
+            body
+        })
+        .await;
+    assert_refused(
+        &app,
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "charge_exceeds_release",
+    )
+    .await;
+
+    for amount in ["0.005", "-1", "0", "10000.01"] {
+        let answer = app.step(&retailer, &process_id, amount).await;
+        assert_refused(
+            &app,
+            answer,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_amount",
+        )
+        .await;
+    }
+    let too_many_decimals = app.step(&retailer, &process_id, "1.005").await;
+    assert!(too_many_decimals.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("decimals"));
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "refused requests changed nothing"
+    );
+    app.assert_ledger_holds().await;
+}
+
+async fn unknown_fields_and_malformed_json_are_refused_and_change_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer("+491741000002", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000002", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+
+    let mut unknown = eur_process("+491741000002", "1.00");
+    unknown["colour"] = json!("blue");
+    let answer = app.post(&retailer, "/v1/processes", unknown).await;
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{}",
+        answer.body
+    );
+    assert_refused(&app, answer, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let answer = app
+        .post(
+            &retailer,
+            &format!("/v1/processes/{process_id}/steps"),
+            json!({"amount": "1.00", "tip": "1"}),
+        )
+        .await;
+    assert_refused(&app, answer, StatusCode::BAD_REQUEST, "invalid_request").await;
+    for broken in ["{", "{\"amount\": }", "not json", "", "[1, 2]"] {
+        let answer = app
+            .post_raw(
+                &retailer,
+                &format!("/v1/processes/{process_id}/steps"),
+                broken.to_string(),
+                None,
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{broken:?}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body["error"]["code"] == "malformed_json"
+                || answer.body["error"]["code"] == "invalid_request"
+        );
+    }
+    let missing = app
+        .post(&retailer, "/v1/processes", json!({"currency": "EUR"}))
+        .await;
+    assert_refused(&app, missing, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let two_customers = app
+        .post(&retailer, "/v1/processes", json!({"customer": {"msisdn": "+491741000002", "email": "a@b.de"}, "currency": "EUR", "release": "1.00"}))
+        .await;
+    assert_refused(
+        &app,
+        two_customers,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    let huge = format!(
+        "{{\"amount\": \"1.00\", \"description\": \"{}\"}}",
+        "x".repeat(100_000)
+    );
+    let answer = app
+        .post_raw(
+            &retailer,
+            &format!("/v1/processes/{process_id}/steps"),
+            huge,
+            None,
+        )
+        .await;
+    assert_refused(
+        &app,
+        answer,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    )
+    .await;
+    let long_description = app
+        .post(
+            &retailer,
+            &format!("/v1/processes/{process_id}/steps"),
+            json!({"amount": "1.00", "description": "x".repeat(201)}),
+        )
+        .await;
+    assert_refused(
+        &app,
+        long_description,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "refused requests changed nothing"
+    );
+    app.assert_ledger_holds().await;
+}
+
+async fn requests_without_a_valid_key_or_for_another_retailers_process_are_refused(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let other = app.create_retailer().await;
+    app.create_customer("+491741000003", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000003", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+    let anonymous = app
+        .client
+        .post(app.url("/v1/processes"))
+        .json(&eur_process("+491741000003", "1.00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = anonymous.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let forged = crate::helpers::Retailer {
+        id: retailer.id.clone(),
+        api_key: "psk_forged".into(),
+    };
+    assert_eq!(
+        app.step(&forged, &process_id, "1.00").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let foreign_step = app.step(&other, &process_id, "1.00").await;
+    assert_refused(&app, foreign_step, StatusCode::NOT_FOUND, "not_found").await;
+    assert_eq!(
+        app.get(&other, &format!("/v1/processes/{process_id}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let admin_with_retailer_key = app
+        .client
+        .post(app.url("/admin/v1/retailers"))
+        .bearer_auth(&retailer.api_key)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_with_retailer_key.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(footprint(&app).await, before);
+    assert_eq!(
+        app.get(&other, "/v1/events").await.body["events"],
+        json!([]),
+        "events are per retailer"
+    );
+    app.assert_ledger_holds().await;
+}
