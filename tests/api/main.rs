@@ -8,4 +8,5 @@ mod confirmation;
 mod durability;
 mod expiry;
 mod idempotency;
+mod operations;
 mod validation;

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: starts what the tests need, then runs the
+# checks and `cargo test`. Idempotent: run it as often as you like. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Build outside the clone, so that a fresh clone reuses earlier builds.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/paystep/target}"
+export PAYSTEP_TEST_POSTGRES_URL="${PAYSTEP_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+
+say() { printf '\n== %s\n' "$*"; }
+
+say "PostgreSQL"
+# The machine runs PostgreSQL on 127.0.0.1:5432 with trust auth; start it if it stopped.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    if command -v pg_ctlcluster >/dev/null; then
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+    fi
+fi
+for _ in $(seq 1 60); do
+    pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break
+    sleep 0.5
+done
+if ! psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -Atqc 'SELECT 1' >/dev/null; then
+    echo "PostgreSQL at $PAYSTEP_TEST_POSTGRES_URL does not answer; the PostgreSQL tests need it." >&2
+    exit 1
+fi
+# Each test makes its own database; drop what earlier runs left behind.
+psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -Atqc \
+    "SELECT datname FROM pg_database WHERE datname LIKE 'paystep\_test\_%'" |
+    while read -r database; do
+        psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$database\"" >/dev/null
+    done
+echo "PostgreSQL is ready at $PAYSTEP_TEST_POSTGRES_URL"
+
+say "Formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "Tests"
+cargo test --workspace --locked
