@@ -68,6 +68,13 @@ pub enum Resolution {
     Expired,
 }
 
+/// What becomes of an answer, decided before anything is written.
+enum Decision {
+    Refuse(AnswerOutcome),
+    Resolve(Resolution, AnswerOutcome),
+    Approve(CustomerRow),
+}
+
 enum PinCheck {
     Accepted,
     Refused(AnswerOutcome),
@@ -142,14 +149,7 @@ impl Engine {
         answer: Answer,
     ) -> Result<AnswerOutcome, EngineError> {
         let now_ms = self.now_ms();
-        let unlocked = rows::load_confirmation(conn, confirmation_id)
-            .await?
-            .ok_or(EngineError::NotFound("confirmation request"))?;
-        let mut process = rows::lock_process(conn, &unlocked.process_id)
-            .await?
-            .ok_or(EngineError::NotFound("process"))?;
-        // Read again under the process lock: a concurrent answer may have won.
-        let confirmation = rows::load_confirmation(conn, confirmation_id)
+        let (mut process, confirmation) = lock_confirmation(conn, confirmation_id)
             .await?
             .ok_or(EngineError::NotFound("confirmation request"))?;
         if !rows::is_pending(&confirmation) {
@@ -160,68 +160,55 @@ impl Engine {
         let retailer = rows::load_retailer(conn, &process.retailer_id)
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
-        let mut effects = Effects::default();
-        let outcome = if confirmation.expires_at_ms <= now_ms {
-            self.resolve_unapproved(
-                conn,
-                &mut process,
-                &retailer,
-                &confirmation,
-                Resolution::Expired,
-                now_ms,
-                &mut effects,
-                true,
-            )
-            .await?;
-            AnswerOutcome::Expired
+        let decision = if confirmation.expires_at_ms <= now_ms {
+            Decision::Resolve(Resolution::Expired, AnswerOutcome::Expired)
         } else if !answer.approve {
-            let resolution = Resolution::Declined("customer_declined");
-            self.resolve_unapproved(
-                conn,
-                &mut process,
-                &retailer,
-                &confirmation,
-                resolution,
-                now_ms,
-                &mut effects,
-                true,
+            Decision::Resolve(
+                Resolution::Declined("customer_declined"),
+                AnswerOutcome::Declined,
             )
-            .await?;
-            AnswerOutcome::Declined
         } else {
             let customer = self.process_customer(conn, &process).await?;
             match self
                 .check_pin(conn, &customer, &confirmation, &answer, now_ms)
                 .await?
             {
-                PinCheck::Refused(outcome) => outcome,
-                PinCheck::TriesExceeded => {
-                    let resolution = Resolution::Declined("pin_tries_exceeded");
-                    self.resolve_unapproved(
-                        conn,
-                        &mut process,
-                        &retailer,
-                        &confirmation,
-                        resolution,
-                        now_ms,
-                        &mut effects,
-                        true,
-                    )
-                    .await?;
-                    AnswerOutcome::PinTriesExceeded
-                }
-                PinCheck::Accepted => {
-                    self.approve(
-                        conn,
-                        &mut process,
-                        &retailer,
-                        &customer,
-                        &confirmation,
-                        now_ms,
-                        &mut effects,
-                    )
-                    .await?
-                }
+                PinCheck::Refused(outcome) => Decision::Refuse(outcome),
+                PinCheck::TriesExceeded => Decision::Resolve(
+                    Resolution::Declined("pin_tries_exceeded"),
+                    AnswerOutcome::PinTriesExceeded,
+                ),
+                PinCheck::Accepted => Decision::Approve(customer),
+            }
+        };
+        let mut effects = Effects::default();
+        let outcome = match decision {
+            Decision::Refuse(outcome) => outcome,
+            Decision::Resolve(resolution, outcome) => {
+                self.resolve_unapproved(
+                    conn,
+                    &mut process,
+                    &retailer,
+                    &confirmation,
+                    resolution,
+                    now_ms,
+                    &mut effects,
+                    true,
+                )
+                .await?;
+                outcome
+            }
+            Decision::Approve(customer) => {
+                self.approve(
+                    conn,
+                    &mut process,
+                    &retailer,
+                    &customer,
+                    &confirmation,
+                    now_ms,
+                    &mut effects,
+                )
+                .await?
             }
         };
         effects.flush(conn, &self.channels, now_ms).await?;
@@ -537,6 +524,26 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Locks the process of a confirmation request and reads the request again under that lock,
+/// since a concurrent answer or expiry may have resolved it in the meantime.
+pub(super) async fn lock_confirmation(
+    conn: &mut AnyConnection,
+    confirmation_id: &str,
+) -> Result<Option<(ProcessRow, ConfirmationRow)>, EngineError> {
+    let Some(unlocked) = rows::load_confirmation(conn, confirmation_id).await? else {
+        return Ok(None);
+    };
+    let Some(process) = rows::lock_process(conn, &unlocked.process_id).await? else {
+        return Ok(None);
+    };
+    let confirmation = rows::load_confirmation(conn, confirmation_id)
+        .await?
+        .ok_or(EngineError::Invariant(
+            "a confirmation request vanished under its lock".into(),
+        ))?;
+    Ok(Some((process, confirmation)))
 }
 
 async fn reload_process(

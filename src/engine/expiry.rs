@@ -1,6 +1,6 @@
 //! Expiry: confirmation requests nobody answered, and processes nobody used.
 
-use super::confirm::Resolution;
+use super::confirm::{lock_confirmation, Resolution};
 use super::effects::Effects;
 use super::rows;
 use super::texts::Ended;
@@ -50,15 +50,10 @@ impl Engine {
         now_ms: i64,
     ) -> Result<bool, EngineError> {
         let mut tx = self.store.begin_write().await?;
-        let Some(unlocked) = rows::load_confirmation(&mut tx, confirmation_id).await? else {
+        let Some((mut process, confirmation)) = lock_confirmation(&mut tx, confirmation_id).await?
+        else {
             return Ok(false);
         };
-        let Some(mut process) = rows::lock_process(&mut tx, &unlocked.process_id).await? else {
-            return Ok(false);
-        };
-        let confirmation = rows::load_confirmation(&mut tx, confirmation_id)
-            .await?
-            .ok_or(EngineError::NotFound("confirmation request"))?;
         if !rows::is_pending(&confirmation) || confirmation.expires_at_ms > now_ms {
             return Ok(false);
         }

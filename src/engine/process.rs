@@ -111,16 +111,8 @@ impl Engine {
                 ))?;
         let first_step = match request.charge {
             Some(amount) => Some(
-                self.insert_step(
-                    conn,
-                    &mut process,
-                    amount,
-                    "awaiting_confirmation",
-                    None,
-                    None,
-                    now_ms,
-                )
-                .await?,
+                self.insert_step(conn, &mut process, amount, None, (None, None), now_ms)
+                    .await?,
             ),
             None => None,
         };
@@ -189,23 +181,28 @@ impl Engine {
         Err(EngineError::CodeSpaceExhausted)
     }
 
-    /// Inserts the next step of a locked process.
-    #[allow(clippy::too_many_arguments)]
+    /// Inserts the next step of a locked process: awaiting confirmation (or a charge, which
+    /// follows at once), or declined for `decline_reason`.
     pub(super) async fn insert_step(
         &self,
         conn: &mut AnyConnection,
         process: &mut ProcessRow,
         amount: Minor,
-        status: &str,
-        description: Option<&str>,
-        reference: Option<&str>,
+        decline_reason: Option<&str>,
+        (description, reference): (Option<&str>, Option<&str>),
         now_ms: i64,
     ) -> Result<rows::StepRow, EngineError> {
+        let status = if decline_reason.is_some() {
+            "declined"
+        } else {
+            "awaiting_confirmation"
+        };
         let step_id = uuid::Uuid::new_v4().to_string();
         let number = process.step_count + 1;
         sqlx::query(
             "INSERT INTO steps (id, process_id, number, amount, status, remaining_after, description, \
-             reference, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+             reference, decline_reason, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
         )
         .bind(&step_id)
         .bind(&process.id)
@@ -215,6 +212,7 @@ impl Engine {
         .bind(process.remaining)
         .bind(description)
         .bind(reference)
+        .bind(decline_reason)
         .bind(now_ms)
         .execute(&mut *conn)
         .await?;

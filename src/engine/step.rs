@@ -55,18 +55,26 @@ impl Engine {
         let mut effects = Effects::default();
         let description = request.description.as_deref();
         let reference = request.reference.as_deref();
-        let outcome = if request.amount <= process.remaining {
-            let step = self
-                .insert_step(
-                    conn,
-                    &mut process,
-                    request.amount,
-                    "awaiting_confirmation",
-                    description,
-                    reference,
-                    now_ms,
-                )
-                .await?;
+        let fits = request.amount <= process.remaining;
+        if !fits
+            && rows::pending_confirmation(conn, &process.id)
+                .await?
+                .is_some()
+        {
+            return Err(EngineError::TopUpPending);
+        }
+        let declined = !fits && process.top_up_policy() == TopUpPolicyKind::None;
+        let step = self
+            .insert_step(
+                conn,
+                &mut process,
+                request.amount,
+                declined.then_some("insufficient_release"),
+                (description, reference),
+                now_ms,
+            )
+            .await?;
+        let outcome = if fits {
             let step = self
                 .charge(
                     conn,
@@ -79,43 +87,11 @@ impl Engine {
                 )
                 .await?;
             StepOutcome::Charged(StepView::from_row(&step, &process))
-        } else if rows::pending_confirmation(conn, &process.id)
-            .await?
-            .is_some()
-        {
-            return Err(EngineError::TopUpPending);
-        } else if process.top_up_policy() == TopUpPolicyKind::None {
-            let step = self
-                .insert_step(
-                    conn,
-                    &mut process,
-                    request.amount,
-                    "declined",
-                    description,
-                    reference,
-                    now_ms,
-                )
-                .await?;
-            sqlx::query("UPDATE steps SET decline_reason = 'insufficient_release' WHERE id = $1")
-                .bind(&step.id)
-                .execute(&mut *conn)
-                .await?;
-            let step = reload_step(conn, &step.id).await?;
+        } else if declined {
             let view = StepView::from_row(&step, &process);
             effects.event(&retailer.id, &process.id, "step.declined", &view);
             StepOutcome::Declined(view)
         } else {
-            let step = self
-                .insert_step(
-                    conn,
-                    &mut process,
-                    request.amount,
-                    "awaiting_confirmation",
-                    description,
-                    reference,
-                    now_ms,
-                )
-                .await?;
             let top_up = self.top_up_amount(&process, request.amount);
             let currency = process.currency();
             let (amount, step_amount, remaining) = (

@@ -199,6 +199,32 @@ fn created(value: impl serde::Serialize) -> Result<(StatusCode, Value), ApiError
     Ok((StatusCode::CREATED, json!(value)))
 }
 
+/// Runs a retailer's POST under its `Idempotency-Key`, scoped to the retailer.
+async fn idempotent<F>(
+    state: &AppState,
+    retailer_id: String,
+    key: Option<idempotency::IdempotencyKey>,
+    request_line: String,
+    body: &[u8],
+    operation: F,
+) -> Result<Response, ApiError>
+where
+    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c>,
+{
+    let engine = &state.engine;
+    let scope = format!("retailer:{retailer_id}");
+    let fingerprint = idempotency::fingerprint(&request_line, body);
+    idempotency::run(
+        &engine.store,
+        engine.now_ms(),
+        &scope,
+        key,
+        fingerprint,
+        operation,
+    )
+    .await
+}
+
 pub async fn create_process(
     State(state): State<AppState>,
     Retailer(retailer): Retailer,
@@ -208,14 +234,13 @@ pub async fn create_process(
     let key = idempotency::key_from_headers(&headers)?;
     let request = parse_json::<CreateProcessBody>(&body)?.into_domain(&state)?;
     let engine = state.engine.clone();
-    let scope = format!("retailer:{}", retailer.id);
-    let (store, now_ms) = (engine.store.clone(), engine.now_ms());
-    idempotency::run(
-        &store,
-        now_ms,
-        &scope,
+    let request_line = "POST /v1/processes".to_string();
+    idempotent(
+        &state,
+        retailer.id.clone(),
         key,
-        idempotency::fingerprint("POST /v1/processes", &body),
+        request_line,
+        &body,
         move |conn| -> OperationFuture<'_> {
             Box::pin(async move { created(engine.create_process(conn, &retailer, request).await?) })
         },
@@ -249,19 +274,10 @@ pub async fn create_step(
         description: text_field("description", request.description, DESCRIPTION_LENGTH_MAX)?,
         reference: text_field("reference", request.reference, REFERENCE_LENGTH_MAX)?,
     };
-    let scope = format!("retailer:{}", retailer.id);
-    let fingerprint =
-        idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/steps"), &body);
-    let (store, now_ms) = (engine.store.clone(), engine.now_ms());
-    idempotency::run(
-        &store,
-        now_ms,
-        &scope,
-        key,
-        fingerprint,
-        move |conn| -> OperationFuture<'_> {
-            Box::pin(async move {
-                match engine.charge_step(conn, &retailer, &process_id, step).await? {
+    let request_line = format!("POST /v1/processes/{process_id}/steps");
+    idempotent(&state, retailer.id.clone(), key, request_line, &body, move |conn| -> OperationFuture<'_> {
+        Box::pin(async move {
+            match engine.charge_step(conn, &retailer, &process_id, step).await? {
                     StepOutcome::Charged(step) => created(step),
                     StepOutcome::AwaitingConfirmation(step) => Ok((StatusCode::ACCEPTED, json!(step))),
                     StepOutcome::Declined(step) => Err(ApiError::new(
@@ -269,11 +285,10 @@ pub async fn create_step(
                         "insufficient_release",
                         "the step exceeds the remaining amount and the process's top-up policy is none",
                     )
-                    .with_details(json!({"step": step}))),
-                }
-            })
-        },
-    )
+                .with_details(json!({"step": step}))),
+            }
+        })
+    })
     .await
 }
 
@@ -289,16 +304,13 @@ pub async fn close_process(
         let _: CloseBody = parse_json(&body)?;
     }
     let engine = state.engine.clone();
-    let scope = format!("retailer:{}", retailer.id);
-    let fingerprint =
-        idempotency::fingerprint(&format!("POST /v1/processes/{process_id}/close"), &body);
-    let (store, now_ms) = (engine.store.clone(), engine.now_ms());
-    idempotency::run(
-        &store,
-        now_ms,
-        &scope,
+    let request_line = format!("POST /v1/processes/{process_id}/close");
+    idempotent(
+        &state,
+        retailer.id.clone(),
         key,
-        fingerprint,
+        request_line,
+        &body,
         move |conn| -> OperationFuture<'_> {
             Box::pin(async move {
                 let process = engine.close_process(conn, &retailer, &process_id).await?;

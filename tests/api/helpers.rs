@@ -78,6 +78,13 @@ pub async fn spawn_app(db: Db) -> TestApp {
 }
 
 pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    // Warnings and errors show in a failing test's output (RUST_LOG for more).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let console_path = dir.path().join("console.jsonl");
     let database_url = fresh_database_url(db, dir.path()).await;
