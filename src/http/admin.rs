@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use paystep_channels::ChannelName;
@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::auth::Admin;
 use super::error::{money_error, parse_json, ApiError};
+use super::idempotency::{self, OperationFuture};
 use super::AppState;
 use crate::domain::{Currency, Email, FieldError, Language, Msisdn, Pin};
 use crate::engine::{NewCustomer, NewRetailer};
@@ -174,22 +175,62 @@ pub struct DepositBody {
     reference: Option<String>,
 }
 
+/// Runs an operator's POST under its `Idempotency-Key`, so that a retried deposit never
+/// credits twice. (Retailer creation takes none: its answer holds the API key, which is never
+/// stored in the clear.)
+async fn idempotent<F>(
+    state: &AppState,
+    headers: &HeaderMap,
+    request_line: String,
+    body: &[u8],
+    operation: F,
+) -> Result<Response, ApiError>
+where
+    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c>,
+{
+    let key = idempotency::key_from_headers(headers)?;
+    let fingerprint = idempotency::fingerprint(&request_line, body);
+    let engine = &state.engine;
+    idempotency::run(
+        &engine.store,
+        engine.now_ms(),
+        "admin",
+        key,
+        fingerprint,
+        operation,
+    )
+    .await
+}
+
 pub async fn create_customer(
     State(state): State<AppState>,
     _admin: Admin,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let customer = parse_json::<CreateCustomerBody>(&body)?.into_domain()?;
-    let mut tx = state.engine.store.begin_write().await?;
-    let id = state.engine.create_customer(&mut tx, customer).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
+    let engine = state.engine.clone();
+    let request_line = "POST /admin/v1/customers".to_string();
+    idempotent(
+        &state,
+        &headers,
+        request_line,
+        &body,
+        move |conn| -> OperationFuture<'_> {
+            Box::pin(async move {
+                let id = engine.create_customer(conn, customer).await?;
+                Ok((StatusCode::CREATED, json!({ "id": id })))
+            })
+        },
+    )
+    .await
 }
 
 pub async fn create_deposit(
     State(state): State<AppState>,
     _admin: Admin,
     Path(customer_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: DepositBody = parse_json(&body)?;
@@ -198,23 +239,29 @@ pub async fn create_deposit(
     let amount = currency
         .parse_amount(&request.amount, state.engine.settings.limits.max_amount)
         .map_err(|error| money_error("amount", error))?;
-    let mut tx = state.engine.store.begin_write().await?;
-    let credit = state
-        .engine
-        .deposit(
-            &mut tx,
-            &customer_id,
-            currency,
-            amount,
-            request.reference.as_deref(),
-        )
-        .await?;
-    tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"customer_id": customer_id, "currency": currency.code(), "credit": currency.format(credit)})),
+    let engine = state.engine.clone();
+    let request_line = format!("POST /admin/v1/customers/{customer_id}/deposits");
+    idempotent(
+        &state,
+        &headers,
+        request_line,
+        &body,
+        move |conn| -> OperationFuture<'_> {
+            Box::pin(async move {
+                let reference = request.reference.as_deref();
+                let credit = engine
+                    .deposit(conn, &customer_id, currency, amount, reference)
+                    .await?;
+                let answer = json!({
+                    "customer_id": customer_id,
+                    "currency": currency.code(),
+                    "credit": currency.format(credit),
+                });
+                Ok((StatusCode::CREATED, answer))
+            })
+        },
     )
-        .into_response())
+    .await
 }
 
 pub async fn get_customer(

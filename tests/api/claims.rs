@@ -17,6 +17,7 @@ on_both_databases!(
     a_customer_who_declines_is_charged_nothing,
     closing_returns_the_unused_release_and_a_closed_process_takes_no_steps,
     while_a_top_up_is_pending_fitting_steps_are_charged_and_others_refused,
+    a_top_up_beyond_the_customers_credit_declines_only_the_waiting_step,
 );
 
 async fn claim_1_and_15_a_confirmed_release_is_held_charged_and_reported_to_both_sides(db: Db) {
@@ -469,5 +470,38 @@ async fn while_a_top_up_is_pending_fitting_steps_are_charged_and_others_refused(
         "a declined top-up leaves the process as it was"
     );
     assert_eq!(process["remaining"], "4.00");
+    app.assert_ledger_holds().await;
+}
+
+async fn a_top_up_beyond_the_customers_credit_declines_only_the_waiting_step(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let customer_id = app.create_customer("+491709000003", "10.00").await;
+    let mut body = eur_process("+491709000003", "10.00");
+    body["top_up"] = json!({"policy": "difference"});
+    let process_id = app.open_active_process(&retailer, body).await;
+    assert_eq!(app.credit(&customer_id).await, "0.00");
+    assert_eq!(
+        app.step(&retailer, &process_id, "11.00").await.status,
+        StatusCode::ACCEPTED
+    );
+    let link = app.confirmation_link(&process_id, 2).await;
+    let (_, page) = app.answer_page(&link, "confirm", Some(PIN)).await;
+    assert!(page.contains("credit is not enough"), "{page}");
+    let steps = app
+        .get(&retailer, &format!("/v1/processes/{process_id}/steps"))
+        .await;
+    assert_eq!(steps.body["steps"][0]["status"], "declined");
+    assert_eq!(
+        steps.body["steps"][0]["decline_reason"],
+        "insufficient_credit"
+    );
+    let process = app.process(&retailer, &process_id).await;
+    assert_eq!(process["status"], "active");
+    assert_eq!(process["remaining"], "10.00");
+    assert_eq!(
+        app.step(&retailer, &process_id, "10.00").await.status,
+        StatusCode::CREATED
+    );
     app.assert_ledger_holds().await;
 }

@@ -1,5 +1,6 @@
 //! `Idempotency-Key`: retries are safe, reuse with another body is refused.
 
+use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -11,6 +12,8 @@ on_both_databases!(
     a_replayed_step_is_charged_once,
     a_key_reused_with_another_body_is_refused,
     a_replayed_client_error_answers_the_same_error,
+    concurrent_duplicates_under_one_key_create_one_process,
+    a_retried_deposit_credits_once,
 );
 
 async fn a_replayed_process_creation_answers_the_same_and_creates_one_process(db: Db) {
@@ -135,5 +138,43 @@ async fn a_replayed_client_error_answers_the_same_error(db: Db) {
         .await;
     assert_eq!(second.status, StatusCode::CONFLICT);
     assert_eq!(first.body, second.body);
+    app.assert_ledger_holds().await;
+}
+
+async fn concurrent_duplicates_under_one_key_create_one_process(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer("+491731000005", "50.00").await;
+    let body = eur_process("+491731000005", "10.00").to_string();
+    let requests =
+        (0..10).map(|_| app.post_raw(&retailer, "/v1/processes", body.clone(), Some("burst")));
+    let answers = join_all(requests).await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        assert_eq!(answer.body["id"], answers[0].body["id"]);
+    }
+    assert_eq!(app.count("processes").await, 1);
+    assert_eq!(app.count("events").await, 1);
+    app.assert_ledger_holds().await;
+}
+
+async fn a_retried_deposit_credits_once(db: Db) {
+    let app = spawn_app(db).await;
+    let customer_id = app.create_customer("+491731000006", "1.00").await;
+    let deposit = |key: &'static str| {
+        app.client
+            .post(app.url(&format!("/admin/v1/customers/{customer_id}/deposits")))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .header("Idempotency-Key", key)
+            .json(&json!({"amount": "20.00", "currency": "EUR", "reference": "bank-991"}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            deposit("dep-1").await.unwrap().status(),
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(app.credit(&customer_id).await, "21.00");
     app.assert_ledger_holds().await;
 }
