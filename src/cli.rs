@@ -8,11 +8,12 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{LogFormat, Settings};
 use crate::domain::Currency;
 use crate::engine::{ChannelAvailability, Engine};
 use crate::http::admin::{CreateCustomerBody, CreateRetailerBody};
+use crate::outbox::dead_letters::{self, RequeueOutcome};
 use crate::startup::{build_channels, Application};
 use crate::store::Store;
 
@@ -49,6 +50,26 @@ enum Command {
     /// The ledger: verify its invariants.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// The outbox: list messages (dead letters first of all) and requeue them.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Prints outbox messages as JSON, in queue order.
+    List {
+        /// queued, delivered or dead.
+        #[arg(long, default_value = "dead")]
+        status: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// The position after which to list.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Puts a dead letter back in the queue.
+    Requeue { id: String },
 }
 
 #[derive(Subcommand)]
@@ -92,6 +113,8 @@ struct DepositArgs {
 enum RetailerCommand {
     /// Adds a retailer and prints its id, API key (shown once) and webhook secret as JSON.
     Add(RetailerArgs),
+    /// Starts a new webhook secret; the previous one signs too for a grace period.
+    RotateSecret { id: String },
 }
 
 #[derive(Args)]
@@ -107,6 +130,9 @@ struct RetailerArgs {
     /// Channels for execution messages, comma-separated: webhook, sms, email, console.
     #[arg(long, value_delimiter = ',')]
     notify: Vec<String>,
+    /// `every_step` (default) or `summary`.
+    #[arg(long)]
+    receipt_policy: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -159,7 +185,7 @@ async fn offline_engine(settings: Settings) -> anyhow::Result<Engine> {
     if settings.database.migrate_on_start {
         store.migrate().await?;
     }
-    let channels = build_channels(&settings);
+    let channels = build_channels(&settings)?;
     let availability = ChannelAvailability::new(channels.keys().copied().collect());
     Ok(Engine::new(
         store,
@@ -190,7 +216,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let channels = build_channels(&settings);
+            let channels = build_channels(&settings)?;
             let mut healthy = true;
             for (name, channel) in &channels {
                 match channel.health_check().await {
@@ -261,6 +287,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 msisdn: args.msisdn,
                 email: args.email,
                 notify: Some(args.notify),
+                receipt_policy: args.receipt_policy,
             };
             let retailer = body.into_domain()?;
             let engine = offline_engine(settings).await?;
@@ -269,6 +296,47 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             tx.commit().await?;
             print_json(&json!(credentials));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Retailer(RetailerCommand::RotateSecret { id }) => {
+            let engine = offline_engine(settings).await?;
+            let mut tx = engine.store.begin_write().await?;
+            let rotated = engine.rotate_webhook_secret(&mut tx, &id).await?;
+            tx.commit().await?;
+            print_json(&rotated);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox(OutboxCommand::List {
+            status,
+            limit,
+            after,
+        }) => {
+            if !dead_letters::STATUSES.contains(&status.as_str()) {
+                anyhow::bail!("--status must be queued, delivered or dead");
+            }
+            if !(1..=1000).contains(&limit) {
+                anyhow::bail!("--limit must be between 1 and 1000");
+            }
+            let store = Store::connect(&settings.database).await?;
+            let mut conn = store.reader().acquire().await?;
+            let messages = dead_letters::list(&mut conn, Some(&status), after, limit).await?;
+            print_json(&json!({ "messages": messages }));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox(OutboxCommand::Requeue { id }) => {
+            let store = Store::connect(&settings.database).await?;
+            let mut tx = store.begin_write().await?;
+            let outcome = dead_letters::requeue(&mut tx, &id, SystemClock.now_ms()).await?;
+            tx.commit().await?;
+            match outcome {
+                RequeueOutcome::Requeued(message) => {
+                    print_json(&json!(message));
+                    Ok(ExitCode::SUCCESS)
+                }
+                RequeueOutcome::NotFound => anyhow::bail!("no outbox message {id}"),
+                RequeueOutcome::NotDead(status) => {
+                    anyhow::bail!("only dead letters can be requeued; {id} is {status}")
+                }
+            }
         }
         Command::Ledger(LedgerCommand::Verify) => {
             let store = Store::connect(&settings.database).await?;

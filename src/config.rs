@@ -103,6 +103,7 @@ pub struct EngineSettings {
     pub sweep_batch_size: i64,
     pub top_up_policy: TopUpPolicyKind,
     pub top_up_factor: Decimal,
+    pub pre_expiry_notice_s: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,12 +125,24 @@ pub struct OutboxSettings {
     /// How long a claimed message is reserved for the worker delivering it; after a crash
     /// mid-delivery, another worker tries again once it runs out.
     pub claim_lease_ms: i64,
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSettings {
     pub console: ConsoleSettings,
+    pub webhook: WebhookSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub enabled: bool,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub response_body_max_bytes: usize,
+    pub previous_secret_valid_s: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +311,37 @@ impl Settings {
             !self.channels.console.path.is_empty(),
             "channels.console.path",
             "must be `-` or a file path",
+        );
+        require(
+            (1..=64).contains(&self.outbox.workers),
+            "outbox.workers",
+            "must be between 1 and 64",
+        );
+        require(
+            self.engine.pre_expiry_notice_s >= 0,
+            "engine.pre_expiry_notice_s",
+            "must not be negative",
+        );
+        let webhook = &self.channels.webhook;
+        require(
+            (100..=120_000).contains(&webhook.timeout_ms),
+            "channels.webhook.timeout_ms",
+            "must be between 100 and 120000",
+        );
+        require(
+            (100..=60_000).contains(&webhook.connect_timeout_ms),
+            "channels.webhook.connect_timeout_ms",
+            "must be between 100 and 60000",
+        );
+        require(
+            (256..=1_048_576).contains(&webhook.response_body_max_bytes),
+            "channels.webhook.response_body_max_bytes",
+            "must be between 256 and 1048576",
+        );
+        require(
+            webhook.previous_secret_valid_s >= 0,
+            "channels.webhook.previous_secret_valid_s",
+            "must not be negative",
         );
         if problems.is_empty() {
             Ok(())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paystep_channels::console::{ConsoleChannel, ConsoleTarget};
+use paystep_channels::webhook::{WebhookChannel, WebhookSettings};
 use paystep_channels::{Channel, ChannelName};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,13 +25,24 @@ pub struct Application {
 }
 
 /// Builds every configured channel adapter.
-pub fn build_channels(settings: &Settings) -> HashMap<ChannelName, Arc<dyn Channel>> {
+pub fn build_channels(
+    settings: &Settings,
+) -> anyhow::Result<HashMap<ChannelName, Arc<dyn Channel>>> {
     let mut channels: HashMap<ChannelName, Arc<dyn Channel>> = HashMap::new();
     if settings.channels.console.enabled {
         let target = ConsoleTarget::parse(&settings.channels.console.path);
         channels.insert(ChannelName::Console, Arc::new(ConsoleChannel::new(target)));
     }
-    channels
+    let webhook = &settings.channels.webhook;
+    if webhook.enabled {
+        let adapter = WebhookChannel::new(&WebhookSettings {
+            timeout_ms: webhook.timeout_ms,
+            connect_timeout_ms: webhook.connect_timeout_ms,
+            response_body_max_bytes: webhook.response_body_max_bytes,
+        })?;
+        channels.insert(ChannelName::Webhook, Arc::new(adapter));
+    }
+    Ok(channels)
 }
 
 impl Application {
@@ -41,7 +53,7 @@ impl Application {
             store.migrate().await?;
         }
         let listener = TcpListener::bind(settings.http.listen).await?;
-        let channels = build_channels(&settings);
+        let channels = build_channels(&settings)?;
         let availability = ChannelAvailability::new(channels.keys().copied().collect());
         let engine = Arc::new(Engine::new(store, Arc::new(settings), clock, availability));
         Ok(Application {

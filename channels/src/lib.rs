@@ -7,6 +7,7 @@
 
 pub mod console;
 mod message;
+pub mod webhook;
 
 pub use message::{ChannelName, InboundMessage, InboundSink, MessageKind, OutboundMessage};
 

@@ -66,6 +66,8 @@ pub enum MessageKind {
     Receipt,
     IdentifierNotification,
     Notice,
+    /// A retailer event (`process.created`, `step.charged`, ...) as JSON, for webhooks.
+    Event,
 }
 
 impl MessageKind {
@@ -76,6 +78,7 @@ impl MessageKind {
             MessageKind::Receipt => "receipt",
             MessageKind::IdentifierNotification => "identifier_notification",
             MessageKind::Notice => "notice",
+            MessageKind::Event => "event",
         }
     }
 }
@@ -90,6 +93,7 @@ impl FromStr for MessageKind {
             MessageKind::Receipt,
             MessageKind::IdentifierNotification,
             MessageKind::Notice,
+            MessageKind::Event,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -98,7 +102,7 @@ impl FromStr for MessageKind {
 }
 
 /// One message the core has committed to its outbox, ready for a channel to deliver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundMessage {
     /// Stable across delivery attempts, so peers can deduplicate.
     pub id: String,
@@ -122,6 +126,34 @@ pub struct OutboundMessage {
     pub url: Option<String>,
     /// Structured content for machine recipients (webhook events), as JSON.
     pub payload: Option<serde_json::Value>,
+    /// Secrets to sign with (a webhook's current and, during a rotation, previous secret).
+    /// Looked up at delivery time, never stored with the message.
+    #[serde(skip)]
+    pub signing_secrets: Vec<String>,
+}
+
+// Secrets never reach a log line.
+impl std::fmt::Debug for OutboundMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundMessage")
+            .field("id", &self.id)
+            .field("channel", &self.channel)
+            .field("intended_channel", &self.intended_channel)
+            .field("kind", &self.kind)
+            .field("to", &self.to)
+            .field("retailer_id", &self.retailer_id)
+            .field("process_id", &self.process_id)
+            .field("code", &self.code)
+            .field("language", &self.language)
+            .field("text", &self.text)
+            .field("url", &self.url)
+            .field("payload", &self.payload)
+            .field(
+                "signing_secrets",
+                &format_args!("<{} redacted>", self.signing_secrets.len()),
+            )
+            .finish()
+    }
 }
 
 /// A message from a terminal, already parsed out of its wire format.

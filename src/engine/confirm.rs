@@ -283,7 +283,7 @@ impl Engine {
         let amount = process.currency().format(confirmation.amount);
         if confirmation.kind() == ConfirmationKind::Initial {
             effects.event(
-                &retailer.id,
+                retailer,
                 &process.id,
                 "process.confirmed",
                 ProcessView::from_row(process),
@@ -295,20 +295,22 @@ impl Engine {
                 Text::Released { amount: &amount },
             );
         }
-        match &confirmation.step_id {
-            Some(step_id) => {
-                let step = reload_step(conn, step_id).await?;
-                self.charge(conn, process, retailer, customer, &step, now_ms, effects)
-                    .await?;
-            }
-            None => effects.message_customer(
+        // A release is receipted by the step it paid for, unless that step's receipt is
+        // left to the summary.
+        if confirmation.step_id.is_none() || retailer.summary_receipts() {
+            effects.message_customer(
                 customer,
                 process.requested_channel(),
                 MessageKind::Receipt,
                 (&facts, &retailer.id, &process.id),
                 Text::ReleaseReceipt { amount: &amount },
                 None,
-            ),
+            );
+        }
+        if let Some(step_id) = &confirmation.step_id {
+            let step = reload_step(conn, step_id).await?;
+            self.charge(conn, process, retailer, customer, &step, now_ms, effects)
+                .await?;
         }
         self.touch(conn, process, now_ms).await?;
         Ok(AnswerOutcome::Approved)
@@ -458,7 +460,7 @@ impl Engine {
                 "step.expired"
             };
             effects.event(
-                &retailer.id,
+                retailer,
                 &process.id,
                 event,
                 StepView::from_row(&step, process),
@@ -480,7 +482,7 @@ impl Engine {
             let view = ProcessView::from_row(process);
             match resolution {
                 Resolution::Declined(reason) => {
-                    effects.event(&retailer.id, &process.id, "process.declined", &view);
+                    effects.event(retailer, &process.id, "process.declined", &view);
                     effects.message_retailer(
                         retailer,
                         MessageKind::Notice,
@@ -489,7 +491,7 @@ impl Engine {
                     );
                 }
                 Resolution::Expired => {
-                    effects.event(&retailer.id, &process.id, "process.expired", &view);
+                    effects.event(retailer, &process.id, "process.expired", &view);
                     let zero = process.currency().format(0);
                     effects.message_retailer(
                         retailer,

@@ -14,7 +14,7 @@ use super::EngineError;
 use crate::domain::Language;
 
 pub struct PendingEvent {
-    pub retailer_id: String,
+    pub retailer: RetailerRow,
     pub process_id: Option<String>,
     pub kind: &'static str,
     pub data: Value,
@@ -55,13 +55,13 @@ pub struct Effects {
 impl Effects {
     pub fn event(
         &mut self,
-        retailer_id: &str,
+        retailer: &RetailerRow,
         process_id: &str,
         kind: &'static str,
         data: impl serde::Serialize,
     ) {
         self.events.push(PendingEvent {
-            retailer_id: retailer_id.to_string(),
+            retailer: retailer.clone(),
             process_id: Some(process_id.to_string()),
             kind,
             data: serde_json::to_value(data).expect("views always serialise"),
@@ -186,9 +186,11 @@ fn customer_route(
 
 fn retailer_routes(channels: &ChannelAvailability, retailer: &RetailerRow) -> Vec<Route> {
     let mut routes = Vec::new();
-    for wanted in retailer.notify_channels() {
+    let notify = retailer.notify_channels();
+    for &wanted in &notify {
         let address = match wanted {
-            ChannelName::Webhook => retailer.webhook_url.clone(),
+            // Webhooks carry events, written beside these texts (see `flush`).
+            ChannelName::Webhook => None,
             ChannelName::Sms => retailer.msisdn.clone(),
             ChannelName::Email => retailer.email.clone(),
             ChannelName::Console => Some(format!("retailer:{}", retailer.id)),
@@ -209,9 +211,9 @@ fn retailer_routes(channels: &ChannelAvailability, retailer: &RetailerRow) -> Ve
             to,
         });
     }
-    // A retailer that asked for nothing deliverable here still gets its messages on the
-    // console, when there is one; its event feed has everything in any case.
-    if routes.is_empty() && channels.has(ChannelName::Console) {
+    // A retailer that asked for nothing still gets its messages on the console, when there
+    // is one; its event feed has everything in any case.
+    if notify.is_empty() && channels.has(ChannelName::Console) {
         routes.push(Route {
             channel: ChannelName::Console,
             intended: ChannelName::Console,
@@ -236,15 +238,16 @@ impl Effects {
             let seq: i64 = sqlx::query_scalar(
                 "UPDATE retailers SET last_event_seq = last_event_seq + 1 WHERE id = $1 RETURNING last_event_seq",
             )
-            .bind(&event.retailer_id)
+            .bind(&event.retailer.id)
             .fetch_one(&mut *conn)
             .await?;
+            let event_id = uuid::Uuid::new_v4().to_string();
             sqlx::query(
                 "INSERT INTO events (id, retailer_id, seq, process_id, type, data, created_at_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(&event.retailer_id)
+            .bind(&event_id)
+            .bind(&event.retailer.id)
             .bind(seq)
             .bind(event.process_id.as_deref())
             .bind(event.kind)
@@ -252,6 +255,41 @@ impl Effects {
             .bind(now_ms)
             .execute(&mut *conn)
             .await?;
+            if let (Some(url), true) = (
+                event.retailer.webhook_target(),
+                channels.has(ChannelName::Webhook),
+            ) {
+                let payload = event_json(
+                    &event_id,
+                    seq,
+                    event.kind,
+                    event.process_id.as_deref(),
+                    now_ms,
+                    &event.data,
+                );
+                insert_outbox(
+                    conn,
+                    OutboxRow {
+                        route: Route {
+                            channel: ChannelName::Webhook,
+                            intended: ChannelName::Webhook,
+                            to: url.to_string(),
+                        },
+                        kind: MessageKind::Event,
+                        recipient: "retailer",
+                        retailer_id: &event.retailer.id,
+                        process_id: event.process_id.as_deref(),
+                        code: None,
+                        language: Language::En,
+                        text: event.kind,
+                        url: None,
+                        payload: Some(payload.to_string()),
+                        event_id: Some(&event_id),
+                    },
+                    now_ms,
+                )
+                .await?;
+            }
         }
         for message in &self.messages {
             let (routes, recipient) = match &message.recipient {
@@ -265,29 +303,90 @@ impl Effects {
                 Recipient::Retailer(retailer) => (retailer_routes(channels, retailer), "retailer"),
             };
             for route in routes {
-                sqlx::query(
-                    "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, \
-                     retailer_id, process_id, code, language, text, url, payload, status, attempts, \
-                     next_attempt_at_ms, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, NULL, 'queued', 0, $13, $13)",
+                insert_outbox(
+                    conn,
+                    OutboxRow {
+                        route,
+                        kind: message.kind,
+                        recipient,
+                        retailer_id: &message.retailer_id,
+                        process_id: message.process_id.as_deref(),
+                        code: message.code.as_deref(),
+                        language: message.language,
+                        text: &message.text,
+                        url: message.url.as_deref(),
+                        payload: None,
+                        event_id: None,
+                    },
+                    now_ms,
                 )
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(route.channel.as_str())
-                .bind(route.intended.as_str())
-                .bind(message.kind.as_str())
-                .bind(recipient)
-                .bind(&route.to)
-                .bind(&message.retailer_id)
-                .bind(message.process_id.as_deref())
-                .bind(message.code.as_deref())
-                .bind(message.language.as_str())
-                .bind(&message.text)
-                .bind(message.url.as_deref())
-                .bind(now_ms)
-                .execute(&mut *conn)
                 .await?;
             }
         }
         Ok(())
     }
+}
+
+/// An event as the feed shows it and webhooks carry it.
+pub fn event_json(
+    id: &str,
+    seq: i64,
+    kind: &str,
+    process_id: Option<&str>,
+    created_at_ms: i64,
+    data: &Value,
+) -> Value {
+    serde_json::json!({
+        "id": id,
+        "seq": seq,
+        "type": kind,
+        "process_id": process_id,
+        "created_at": crate::clock::format_ms(created_at_ms),
+        "data": data,
+    })
+}
+
+struct OutboxRow<'a> {
+    route: Route,
+    kind: MessageKind,
+    recipient: &'static str,
+    retailer_id: &'a str,
+    process_id: Option<&'a str>,
+    code: Option<&'a str>,
+    language: Language,
+    text: &'a str,
+    url: Option<&'a str>,
+    payload: Option<String>,
+    event_id: Option<&'a str>,
+}
+
+async fn insert_outbox(
+    conn: &mut AnyConnection,
+    row: OutboxRow<'_>,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, retailer_id, \
+         process_id, code, language, text, url, payload, event_id, status, attempts, \
+         next_attempt_at_ms, created_at_ms, queued_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued', 0, $15, $15, $15)",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(row.route.channel.as_str())
+    .bind(row.route.intended.as_str())
+    .bind(row.kind.as_str())
+    .bind(row.recipient)
+    .bind(&row.route.to)
+    .bind(row.retailer_id)
+    .bind(row.process_id)
+    .bind(row.code)
+    .bind(row.language.as_str())
+    .bind(row.text)
+    .bind(row.url)
+    .bind(row.payload)
+    .bind(row.event_id)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -2,9 +2,12 @@
 
 use super::confirm::{lock_confirmation, Resolution};
 use super::effects::Effects;
+use super::process::text_facts;
 use super::rows;
-use super::texts::Ended;
+use super::texts::{Ended, Text};
+use super::views::ProcessView;
 use super::{Engine, EngineError};
+use paystep_channels::MessageKind;
 
 impl Engine {
     /// Expires what is due, at most `engine.sweep_batch_size` of each kind, each in its own
@@ -41,7 +44,68 @@ impl Engine {
                 expired += 1;
             }
         }
-        Ok(expired)
+        Ok(expired + self.announce_expiry(now_ms, batch).await?)
+    }
+
+    /// Tells retailers which releases will expire within `engine.pre_expiry_notice_s` if no
+    /// step comes, once per quiet period (any activity clears the mark).
+    async fn announce_expiry(&self, now_ms: i64, batch: i64) -> Result<usize, EngineError> {
+        let notice_ms = self.settings.engine.pre_expiry_notice_s * 1000;
+        if notice_ms == 0 {
+            return Ok(0);
+        }
+        let process_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM processes WHERE status = 'active' AND pre_expiry_notified = 0 \
+             AND expires_at_ms > $1 AND expires_at_ms <= $2 ORDER BY expires_at_ms LIMIT $3",
+        )
+        .bind(now_ms)
+        .bind(now_ms + notice_ms)
+        .bind(batch)
+        .fetch_all(self.store.reader())
+        .await?;
+        let mut announced = 0;
+        for process_id in process_ids {
+            let mut tx = self.store.begin_write().await?;
+            let Some(process) = rows::lock_process(&mut tx, &process_id).await? else {
+                continue;
+            };
+            let due = process.status() == crate::domain::ProcessStatus::Active
+                && process.expires_at_ms > now_ms
+                && process.expires_at_ms <= now_ms + notice_ms
+                && !process.pre_expiry_notified();
+            if !due {
+                continue;
+            }
+            let retailer = rows::load_retailer(&mut tx, &process.retailer_id)
+                .await?
+                .ok_or(EngineError::NotFound("retailer"))?;
+            sqlx::query("UPDATE processes SET pre_expiry_notified = 1 WHERE id = $1")
+                .bind(&process.id)
+                .execute(&mut *tx)
+                .await?;
+            let mut effects = Effects::default();
+            effects.event(
+                &retailer,
+                &process.id,
+                "process.expiring",
+                ProcessView::from_row(&process),
+            );
+            let remaining = process.currency().format(process.remaining);
+            let expires_at = crate::clock::format_ms(process.expires_at_ms);
+            effects.message_retailer(
+                &retailer,
+                MessageKind::Notice,
+                (&text_facts(&retailer, &process), &process.id),
+                Text::ExpiringSoon {
+                    remaining: &remaining,
+                    expires_at: &expires_at,
+                },
+            );
+            effects.flush(&mut tx, &self.channels, now_ms).await?;
+            tx.commit().await?;
+            announced += 1;
+        }
+        Ok(announced)
     }
 
     async fn expire_confirmation(

@@ -20,7 +20,7 @@ use paystep_channels::ChannelName;
 use sha2::{Digest, Sha256};
 
 pub use confirm::{Answer, AnswerOutcome, ConfirmationPage};
-pub use effects::ChannelAvailability;
+pub use effects::{event_json, ChannelAvailability};
 pub use operator::{CustomerSummary, NewCustomer, NewRetailer, RetailerCredentials};
 pub use process::{CustomerRef, NewProcess, TopUpPolicy};
 pub use step::{NewStep, StepOutcome};
@@ -116,6 +116,19 @@ pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A webhook signing secret as Standard Webhooks has it: `whsec_` and standard base64
+/// (receivers' libraries decode it with the standard alphabet).
+pub fn webhook_secret() -> String {
+    use base64::Engine as _;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
 }
 
 /// Secrets with 256 bits of entropy are stored as their SHA-256: a slow hash would add

@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::rows::{self, RetailerRow};
 use super::views::ProcessView;
-use super::{random_secret, secret_hash, Engine, EngineError};
+use super::{random_secret, secret_hash, webhook_secret, Engine, EngineError};
 use crate::domain::{Currency, Email, Language, Minor, Msisdn, Pin};
 use crate::ledger::{self, AccountKind, Transfer, TransferKind};
 use crate::store::is_unique_violation;
@@ -30,6 +30,7 @@ pub struct NewRetailer {
     pub msisdn: Option<Msisdn>,
     pub email: Option<Email>,
     pub notify: Vec<ChannelName>,
+    pub summary_receipts: bool,
 }
 
 /// Shown once: only hashes of the API key are kept.
@@ -40,6 +41,7 @@ pub struct RetailerCredentials {
     pub api_key: String,
     pub webhook_secret: String,
     pub notify: Vec<ChannelName>,
+    pub receipt_policy: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,8 +191,13 @@ impl Engine {
         retailer: NewRetailer,
     ) -> Result<RetailerCredentials, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
+        let receipt_policy = if retailer.summary_receipts {
+            "summary"
+        } else {
+            "every_step"
+        };
         let api_key = format!("psk_{}", random_secret());
-        let webhook_secret = format!("whsec_{}", random_secret());
+        let webhook_secret = webhook_secret();
         let notify: Vec<&str> = retailer
             .notify
             .iter()
@@ -198,7 +205,7 @@ impl Engine {
             .collect();
         sqlx::query(
             "INSERT INTO retailers (id, name, api_key_hash, webhook_url, webhook_secret, msisdn, email, \
-             notify, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             notify, receipt_policy, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&id)
         .bind(&retailer.name)
@@ -208,6 +215,7 @@ impl Engine {
         .bind(retailer.msisdn.as_ref().map(Msisdn::as_str))
         .bind(retailer.email.as_ref().map(Email::as_str))
         .bind(serde_json::to_string(&notify).expect("a list of names serialises"))
+        .bind(receipt_policy)
         .bind(self.now_ms())
         .execute(&mut *conn)
         .await?;
@@ -217,7 +225,39 @@ impl Engine {
             api_key,
             webhook_secret,
             notify: retailer.notify,
+            receipt_policy,
         })
+    }
+
+    /// Starts using a new webhook secret; the old one keeps signing for the configured grace
+    /// period, so the retailer can switch its verification over without missing a delivery.
+    pub async fn rotate_webhook_secret(
+        &self,
+        conn: &mut AnyConnection,
+        retailer_id: &str,
+    ) -> Result<serde_json::Value, EngineError> {
+        let now_ms = self.now_ms();
+        let retailer = rows::load_retailer(conn, retailer_id)
+            .await?
+            .ok_or(EngineError::NotFound("retailer"))?;
+        let secret = webhook_secret();
+        let previous_until_ms =
+            now_ms + self.settings.channels.webhook.previous_secret_valid_s * 1000;
+        sqlx::query(
+            "UPDATE retailers SET webhook_secret = $1, webhook_secret_previous = $2, \
+             webhook_secret_previous_until_ms = $3 WHERE id = $4",
+        )
+        .bind(&secret)
+        .bind(&retailer.webhook_secret)
+        .bind(previous_until_ms)
+        .bind(retailer_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(serde_json::json!({
+            "id": retailer_id,
+            "webhook_secret": secret,
+            "previous_secret_valid_until": crate::clock::format_ms(previous_until_ms),
+        }))
     }
 
     /// The retailer an API key belongs to.

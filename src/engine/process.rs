@@ -118,10 +118,10 @@ impl Engine {
         };
         let mut effects = Effects::default();
         let view = ProcessView::from_row(&process);
-        effects.event(&retailer.id, &process.id, "process.created", &view);
+        effects.event(retailer, &process.id, "process.created", &view);
         if let Some(step) = &first_step {
             effects.event(
-                &retailer.id,
+                retailer,
                 &process.id,
                 "step.awaiting_confirmation",
                 super::views::StepView::from_row(step, &process),
@@ -377,7 +377,7 @@ impl Engine {
             Ended::Closed => "process.closed",
             Ended::Expired => "process.expired",
         };
-        effects.event(&retailer.id, &process.id, event, &view);
+        effects.event(retailer, &process.id, event, &view);
         let currency = process.currency();
         let charged = currency.format(process.charged);
         let returned = currency.format(returned);
@@ -394,10 +394,16 @@ impl Engine {
         );
         if let Some(customer_id) = &process.customer_id {
             if let Some(customer) = rows::load_customer(conn, customer_id).await? {
+                // For summary receipts, the closing message is the receipt of the whole process.
+                let kind = if retailer.summary_receipts() {
+                    MessageKind::Receipt
+                } else {
+                    MessageKind::Notice
+                };
                 effects.message_customer(
                     &customer,
                     process.requested_channel(),
-                    MessageKind::Notice,
+                    kind,
                     (&facts, &retailer.id, &process.id),
                     Text::Ended {
                         ended,

@@ -17,6 +17,9 @@ pub struct RetailerRow {
     pub msisdn: Option<String>,
     pub email: Option<String>,
     pub notify: String,
+    pub webhook_secret_previous: Option<String>,
+    pub webhook_secret_previous_until_ms: Option<i64>,
+    pub receipt_policy: String,
 }
 
 impl RetailerRow {
@@ -24,6 +27,34 @@ impl RetailerRow {
     pub fn notify_channels(&self) -> Vec<ChannelName> {
         let names: Vec<String> = serde_json::from_str(&self.notify).unwrap_or_default();
         names.iter().filter_map(|name| name.parse().ok()).collect()
+    }
+
+    /// The URL events go to, when the retailer asked for webhooks.
+    pub fn webhook_target(&self) -> Option<&str> {
+        self.notify_channels()
+            .contains(&ChannelName::Webhook)
+            .then_some(self.webhook_url.as_deref())
+            .flatten()
+    }
+
+    /// The secrets that sign a delivery now: the current one, and the previous one until
+    /// its grace period after a rotation ends.
+    pub fn signing_secrets(&self, now_ms: i64) -> Vec<String> {
+        let mut secrets = vec![self.webhook_secret.clone()];
+        if let (Some(previous), Some(until_ms)) = (
+            &self.webhook_secret_previous,
+            self.webhook_secret_previous_until_ms,
+        ) {
+            if until_ms > now_ms {
+                secrets.push(previous.clone());
+            }
+        }
+        secrets
+    }
+
+    /// One summary receipt per release and close, instead of one per step.
+    pub fn summary_receipts(&self) -> bool {
+        self.receipt_policy == "summary"
     }
 }
 
@@ -76,6 +107,7 @@ pub struct ProcessRow {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub expires_at_ms: i64,
+    pub pre_expiry_notified: i64,
     pub customer_msisdn: Option<String>,
     pub customer_email: Option<String>,
 }
@@ -91,6 +123,10 @@ impl ProcessRow {
 
     pub fn top_up_policy(&self) -> TopUpPolicyKind {
         TopUpPolicyKind::parse(&self.top_up_policy).expect("the database only holds valid policies")
+    }
+
+    pub fn pre_expiry_notified(&self) -> bool {
+        self.pre_expiry_notified != 0
     }
 
     pub fn requested_channel(&self) -> Option<ChannelName> {
@@ -154,7 +190,7 @@ const PROCESS_SELECT: &str =
     "SELECT p.id, p.code, p.retailer_id, p.customer_id, p.status, p.currency, \
      p.release_requested, p.released, p.charged, p.remaining, p.returned, p.description, \
      p.reference, p.channel, p.top_up_policy, p.top_up_factor, p.inactivity_s, p.step_count, \
-     p.decline_reason, p.created_at_ms, p.updated_at_ms, p.expires_at_ms, \
+     p.decline_reason, p.created_at_ms, p.updated_at_ms, p.expires_at_ms, p.pre_expiry_notified, \
      c.msisdn AS customer_msisdn, c.email AS customer_email \
      FROM processes p LEFT JOIN customers c ON c.id = p.customer_id";
 
@@ -167,7 +203,8 @@ const CONFIRMATION_COLUMNS: &str =
 const CUSTOMER_COLUMNS: &str = "id, msisdn, email, name, language, preferred_channel, pin_hash, \
      pin_failures, pin_locked_until_ms";
 
-const RETAILER_COLUMNS: &str = "id, name, webhook_url, webhook_secret, msisdn, email, notify";
+const RETAILER_COLUMNS: &str = "id, name, webhook_url, webhook_secret, msisdn, email, notify, \
+     webhook_secret_previous, webhook_secret_previous_until_ms, receipt_policy";
 
 pub async fn load_process(
     conn: &mut AnyConnection,

@@ -89,7 +89,7 @@ impl Engine {
             StepOutcome::Charged(StepView::from_row(&step, &process))
         } else if declined {
             let view = StepView::from_row(&step, &process);
-            effects.event(&retailer.id, &process.id, "step.declined", &view);
+            effects.event(retailer, &process.id, "step.declined", &view);
             StepOutcome::Declined(view)
         } else {
             let top_up = self.top_up_amount(&process, request.amount);
@@ -120,12 +120,7 @@ impl Engine {
             )
             .await?;
             let view = StepView::from_row(&step, &process);
-            effects.event(
-                &retailer.id,
-                &process.id,
-                "step.awaiting_confirmation",
-                &view,
-            );
+            effects.event(retailer, &process.id, "step.awaiting_confirmation", &view);
             StepOutcome::AwaitingConfirmation(view)
         };
         self.touch(conn, &process, now_ms).await?;
@@ -215,7 +210,7 @@ impl Engine {
         .await?;
         let step = reload_step(conn, &step.id).await?;
         effects.event(
-            &retailer.id,
+            retailer,
             &process.id,
             "step.charged",
             StepView::from_row(&step, process),
@@ -235,17 +230,20 @@ impl Engine {
                 remaining: &remaining,
             },
         );
-        effects.message_customer(
-            customer,
-            process.requested_channel(),
-            MessageKind::Receipt,
-            (&facts, &retailer.id, &process.id),
-            Text::StepReceipt {
-                amount: &amount,
-                remaining: &remaining,
-            },
-            None,
-        );
+        // Services that charge many tiny steps send one summary receipt instead (claim 15).
+        if !retailer.summary_receipts() {
+            effects.message_customer(
+                customer,
+                process.requested_channel(),
+                MessageKind::Receipt,
+                (&facts, &retailer.id, &process.id),
+                Text::StepReceipt {
+                    amount: &amount,
+                    remaining: &remaining,
+                },
+                None,
+            );
+        }
         Ok(step)
     }
 
@@ -257,12 +255,15 @@ impl Engine {
         now_ms: i64,
     ) -> Result<(), EngineError> {
         let expires_at_ms = now_ms + process.inactivity_s * 1000;
-        sqlx::query("UPDATE processes SET updated_at_ms = $1, expires_at_ms = $2 WHERE id = $3")
-            .bind(now_ms)
-            .bind(expires_at_ms)
-            .bind(&process.id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "UPDATE processes SET updated_at_ms = $1, expires_at_ms = $2, pre_expiry_notified = 0 \
+             WHERE id = $3",
+        )
+        .bind(now_ms)
+        .bind(expires_at_ms)
+        .bind(&process.id)
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 

@@ -49,6 +49,10 @@ pub enum Text<'a> {
         charged: &'a str,
         returned: &'a str,
     },
+    ExpiringSoon {
+        remaining: &'a str,
+        expires_at: &'a str,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -114,6 +118,12 @@ pub fn render(language: Language, facts: &TextFacts<'_>, text: &Text<'_>) -> Str
         (Language::De, Text::Declined { reason }) => format!(
             "{retailer}: die Zahlung für {context} (Code {code}) wurde abgelehnt: {}.",
             reason_de(reason)
+        ),
+                (Language::En, Text::ExpiringSoon { remaining, expires_at }) => format!(
+            "{retailer}: process {code} for {context} expires at {expires_at} unless a step comes first; {remaining} {currency} would return to the customer."
+        ),
+        (Language::De, Text::ExpiringSoon { remaining, expires_at }) => format!(
+            "{retailer}: Vorgang {code} für {context} läuft um {expires_at} ab, wenn kein Schritt folgt; {remaining} {currency} gingen an den Kunden zurück."
         ),
         (Language::En, Text::Ended { ended, charged, returned }) => format!(
             "{retailer}: process {code} for {context} {}. Charged {charged} {currency}, returned {returned} {currency}.",

@@ -1,7 +1,7 @@
 //! The operator API.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use super::idempotency::{self, OperationFuture};
 use super::AppState;
 use crate::domain::{Currency, Email, FieldError, Language, Msisdn, Pin};
 use crate::engine::{NewCustomer, NewRetailer};
+use crate::outbox::dead_letters::{self, RequeueOutcome};
 
 const NAME_LENGTH_MAX: usize = 100;
 const URL_LENGTH_MAX: usize = 2000;
@@ -106,6 +107,8 @@ pub struct CreateRetailerBody {
     pub msisdn: Option<String>,
     pub email: Option<String>,
     pub notify: Option<Vec<String>>,
+    /// `every_step` (default) or `summary`.
+    pub receipt_policy: Option<String>,
 }
 
 impl CreateRetailerBody {
@@ -157,12 +160,23 @@ impl CreateRetailerBody {
                 notify.push(channel);
             }
         }
+        let summary_receipts = match self.receipt_policy.as_deref() {
+            None | Some("every_step") => false,
+            Some("summary") => true,
+            Some(_) => {
+                return Err(FieldError::new(
+                    "receipt_policy",
+                    "must be every_step or summary",
+                ))
+            }
+        };
         Ok(NewRetailer {
             name,
             webhook_url,
             msisdn,
             email,
             notify,
+            summary_receipts,
         })
     }
 }
@@ -302,4 +316,73 @@ pub async fn verify_ledger(
         StatusCode::INTERNAL_SERVER_ERROR
     };
     Ok((status, Json(report)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListOutboxQuery {
+    status: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// `GET /admin/v1/outbox?status=dead`: the dead letters (or any status), in queue order.
+pub async fn list_outbox(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<ListOutboxQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|error| ApiError::bad_request(error.body_text()))?;
+    let status = query.status.as_deref().filter(|status| !status.is_empty());
+    if status.is_some_and(|status| !dead_letters::STATUSES.contains(&status)) {
+        return Err(FieldError::new("status", "must be queued, delivered or dead").into());
+    }
+    let page_size_max = state.engine.settings.limits.page_size_max;
+    let limit = query.limit.unwrap_or(50.min(page_size_max));
+    if !(1..=page_size_max).contains(&limit) {
+        return Err(
+            FieldError::new("limit", format!("must be between 1 and {page_size_max}")).into(),
+        );
+    }
+    let after = query.after.unwrap_or(0);
+    let mut conn = state.engine.store.reader().acquire().await?;
+    let messages = dead_letters::list(&mut conn, status, after, limit).await?;
+    let next_after = messages.last().map_or(after, |message| message.position);
+    Ok(Json(json!({"messages": messages, "next_after": next_after})).into_response())
+}
+
+/// `POST /admin/v1/outbox/{id}/requeue`: a dead letter goes back in the queue.
+pub async fn requeue_outbox(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(message_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.engine.store.begin_write().await?;
+    let outcome = dead_letters::requeue(&mut tx, &message_id, state.engine.now_ms()).await?;
+    tx.commit().await?;
+    match outcome {
+        RequeueOutcome::Requeued(message) => Ok(Json(message).into_response()),
+        RequeueOutcome::NotFound => Err(ApiError::not_found("outbox message")),
+        RequeueOutcome::NotDead(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_dead",
+            format!("only dead letters can be requeued; this message is {status}"),
+        )),
+    }
+}
+
+/// `POST /admin/v1/retailers/{id}/webhook-secret/rotate`: a new signing secret; the previous
+/// one keeps signing for `channels.webhook.previous_secret_valid_s`.
+pub async fn rotate_webhook_secret(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(retailer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.engine.store.begin_write().await?;
+    let rotated = state
+        .engine
+        .rotate_webhook_secret(&mut tx, &retailer_id)
+        .await?;
+    tx.commit().await?;
+    Ok(Json(rotated).into_response())
 }

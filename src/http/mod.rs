@@ -53,6 +53,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/v1/retailers", post(admin::create_retailer))
         .route("/admin/v1/ledger/verify", get(admin::verify_ledger))
+        .route("/admin/v1/outbox", get(admin::list_outbox))
+        .route("/admin/v1/outbox/{id}/requeue", post(admin::requeue_outbox))
+        .route(
+            "/admin/v1/retailers/{id}/webhook-secret/rotate",
+            post(admin::rotate_webhook_secret),
+        )
         .route("/c/{token}", get(page::show).post(page::answer))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

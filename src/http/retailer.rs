@@ -15,8 +15,8 @@ use super::auth::Retailer;
 use super::error::{money_error, parse_json, ApiError};
 use super::idempotency::{self, OperationFuture};
 use super::AppState;
-use crate::clock::format_ms;
 use crate::domain::{Currency, Email, FieldError, Msisdn, ProcessStatus, TopUpPolicyKind};
+use crate::engine::event_json;
 use crate::engine::rows;
 use crate::engine::views::{ProcessView, StepView};
 use crate::engine::{CustomerRef, NewProcess, NewStep, StepOutcome, TopUpPolicy};
@@ -441,14 +441,14 @@ pub async fn list_events(
         let seq: i64 = row.try_get("seq")?;
         let data: String = row.try_get("data")?;
         next_after = seq;
-        events.push(json!({
-            "id": row.try_get::<String, _>("id")?,
-            "seq": seq,
-            "type": row.try_get::<String, _>("type")?,
-            "process_id": row.try_get::<Option<String>, _>("process_id")?,
-            "created_at": format_ms(row.try_get("created_at_ms")?),
-            "data": serde_json::from_str::<Value>(&data).unwrap_or(Value::Null),
-        }));
+        events.push(event_json(
+            &row.try_get::<String, _>("id")?,
+            seq,
+            &row.try_get::<String, _>("type")?,
+            row.try_get::<Option<String>, _>("process_id")?.as_deref(),
+            row.try_get("created_at_ms")?,
+            &serde_json::from_str::<Value>(&data).unwrap_or(Value::Null),
+        ));
     }
     Ok(Json(json!({"events": events, "next_after": next_after})).into_response())
 }

@@ -55,9 +55,15 @@ impl Dispatcher {
     /// Claims the oldest due message and delivers it.
     pub async fn try_execute_one(&self) -> Result<ExecutionOutcome, StoreError> {
         let now_ms = self.clock.now_ms();
+        // A message waits while an earlier one of the same process to the same address is
+        // still queued, so each recipient sees a process's messages in order even when one
+        // of them needs retries.
         let candidates: Vec<i64> = sqlx::query_scalar(
-            "SELECT position FROM outbox WHERE status = 'queued' AND next_attempt_at_ms <= $1 \
-             ORDER BY position LIMIT $2",
+            "SELECT o.position FROM outbox o WHERE o.status = 'queued' AND o.next_attempt_at_ms <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM outbox earlier WHERE earlier.status = 'queued' \
+               AND earlier.process_id = o.process_id AND earlier.channel = o.channel \
+               AND earlier.to_address = o.to_address AND earlier.position < o.position) \
+             ORDER BY o.position LIMIT $2",
         )
         .bind(now_ms)
         .bind(self.settings.batch_size)
@@ -85,14 +91,14 @@ impl Dispatcher {
     async fn deliver(&self, position: i64, now_ms: i64) -> Result<ExecutionOutcome, StoreError> {
         let row = sqlx::query(
             "SELECT id, channel, intended_channel, kind, to_address, retailer_id, process_id, code, language, text, url, \
-             payload, attempts, created_at_ms FROM outbox WHERE position = $1",
+             payload, attempts, queued_at_ms FROM outbox WHERE position = $1",
         )
         .bind(position)
         .fetch_one(self.store.reader())
         .await?;
         let channel_name: String = row.try_get("channel")?;
         let attempts: i64 = row.try_get("attempts")?;
-        let created_at_ms: i64 = row.try_get("created_at_ms")?;
+        let queued_at_ms: i64 = row.try_get("queued_at_ms")?;
         let message = OutboundMessage {
             id: row.try_get("id")?,
             channel: channel_name.parse().unwrap_or(ChannelName::Console),
@@ -114,7 +120,14 @@ impl Dispatcher {
             payload: row
                 .try_get::<Option<String>, _>("payload")?
                 .and_then(|payload| serde_json::from_str(&payload).ok()),
+            signing_secrets: Vec::new(),
         };
+        let mut message = message;
+        if message.channel == ChannelName::Webhook {
+            message.signing_secrets = self
+                .signing_secrets(message.retailer_id.as_deref(), now_ms)
+                .await?;
+        }
         let result = match self.channels.get(&message.channel) {
             Some(channel) => channel.send(&message).await,
             // Configuration may change between writing and delivering; wait for it.
@@ -138,7 +151,7 @@ impl Dispatcher {
             }
             Err(error) => {
                 let text: String = error.to_string().chars().take(ERROR_LENGTH_MAX).collect();
-                let too_old = now_ms - created_at_ms > self.settings.retry_max_age_s * 1000;
+                let too_old = now_ms - queued_at_ms > self.settings.retry_max_age_s * 1000;
                 let dead = matches!(error, SendError::Permanent(_)) || too_old;
                 if dead {
                     tracing::error!(message_id = %message.id, channel = %channel_name, error = %text, "Outbound message dead-lettered");
@@ -167,6 +180,22 @@ impl Dispatcher {
         Ok(outcome)
     }
 
+    /// The retailer's webhook secrets as they are now, so a rotation applies to retries too.
+    async fn signing_secrets(
+        &self,
+        retailer_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some(retailer_id) = retailer_id else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.store.reader().acquire().await?;
+        let retailer = crate::engine::rows::load_retailer(&mut conn, retailer_id).await?;
+        Ok(retailer
+            .map(|retailer| retailer.signing_secrets(now_ms))
+            .unwrap_or_default())
+    }
+
     /// Exponential backoff with full jitter in its upper half, capped.
     fn backoff_ms(&self, attempts: i64) -> i64 {
         let exponent = u32::try_from(attempts.clamp(1, 32) - 1).unwrap_or(31);
@@ -178,8 +207,19 @@ impl Dispatcher {
         rand::thread_rng().gen_range(ceiling / 2..=ceiling.max(1))
     }
 
+    /// Runs `outbox.workers` delivery loops until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let dispatcher = Arc::new(self);
+        let workers: Vec<_> = (0..dispatcher.settings.workers)
+            .map(|_| tokio::spawn(dispatcher.clone().run_worker(shutdown.clone())))
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
+    }
+
     /// Delivers until `shutdown` turns true, resting between polls when nothing is due.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run_worker(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let poll_interval = Duration::from_millis(self.settings.poll_interval_ms);
         loop {
             if *shutdown.borrow() {

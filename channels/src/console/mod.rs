@@ -139,6 +139,7 @@ mod tests {
             text: "Pay 5.00 EUR".into(),
             url: Some("http://x/c/t".into()),
             payload: None,
+            signing_secrets: Vec::new(),
         }
     }
 
