@@ -33,6 +33,21 @@ psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -Atqc \
     done
 echo "PostgreSQL is ready at $PAYSTEP_TEST_POSTGRES_URL"
 
+say "Chromium and ChromeDriver (browser tests)"
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+chromium --version
+chromedriver --version
+
+say "Python peers (webhook receiver)"
+# The receiver verifies signatures with an independent Standard Webhooks implementation.
+python3 -c 'import standardwebhooks' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
+python3 -c 'import standardwebhooks; print("standardwebhooks", standardwebhooks.__name__, "ready")'
+
 say "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

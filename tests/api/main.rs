@@ -1,6 +1,9 @@
 //! The one integration test binary: every scenario runs against SQLite and PostgreSQL.
 
+mod daemon;
 mod helpers;
+
+mod browser;
 
 mod claims;
 mod concurrency;
@@ -10,3 +13,4 @@ mod expiry;
 mod idempotency;
 mod operations;
 mod validation;
+mod webhooks;
