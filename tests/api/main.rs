@@ -8,6 +8,7 @@ mod browser;
 mod claims;
 mod concurrency;
 mod confirmation;
+mod crashes;
 mod durability;
 mod expiry;
 mod idempotency;

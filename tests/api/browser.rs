@@ -1,0 +1,1 @@
+//! Browser tests: headless Chromium driven over WebDriver (written by the browser-test helper).

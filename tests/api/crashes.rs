@@ -1,0 +1,223 @@
+//! The daemon killed with SIGKILL again and again while a scenario runs: afterwards every
+//! event has reached the retailer's webhook, under one webhook-id each.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::daemon::{console_lines, free_port, start_daemon_on, Daemon};
+use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN, PIN};
+use crate::on_both_databases;
+use crate::webhooks::{assert_delivered_exactly_once_in_order, WebhookReceiver};
+
+const KILLS: usize = 10;
+
+on_both_databases!(no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load);
+
+/// Settings that make retries and lease expiry quick enough for a test.
+const FAST: [(&str, &str); 5] = [
+    ("PAYSTEP__OUTBOX__RETRY_BASE_MS", "50"),
+    ("PAYSTEP__OUTBOX__RETRY_MAX_MS", "300"),
+    ("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "300"),
+    ("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "20"),
+    ("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "1000"),
+];
+
+async fn feed(daemon: &Daemon, api_key: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = daemon
+            .call(
+                Method::GET,
+                &format!("/v1/events?after={after}&limit=100"),
+                api_key,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return events;
+        }
+        after = page["next_after"].as_i64().unwrap();
+        events.extend(batch);
+    }
+}
+
+/// Steps and new processes, as fast as the daemon takes them, ignoring the refusals of a
+/// daemon that is down.
+async fn load(
+    base: String,
+    api_key: String,
+    process_id: String,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicUsize>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut round = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        round += 1;
+        let (path, body) = if round % 5 == 0 {
+            (
+                "/v1/processes".to_string(),
+                json!({"currency": "EUR", "release": "1.00", "description": "Till 3"}),
+            )
+        } else {
+            (
+                format!("/v1/processes/{process_id}/steps"),
+                json!({"amount": "0.01"}),
+            )
+        };
+        let sent = client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&api_key)
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == StatusCode::CREATED => {
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(db, dir.path()).await;
+    let console = dir.path().join("console.jsonl");
+    let port = free_port();
+    let receiver_port = free_port();
+    let mut daemon = start_daemon_on(&database_url, &console, port, &FAST).await;
+
+    let (_, retailer) = daemon
+        .call(
+            Method::POST,
+            "/admin/v1/retailers",
+            ADMIN_TOKEN,
+            Some(json!({"name": "Kiosk", "webhook_url": WebhookReceiver::url(receiver_port), "notify": ["webhook"]})),
+        )
+        .await;
+    let api_key = retailer["api_key"].as_str().unwrap().to_string();
+    let secret = retailer["webhook_secret"].as_str().unwrap().to_string();
+    let receiver = WebhookReceiver::start(receiver_port, &[&secret], "ok").await;
+    let (_, customer) = daemon
+        .call(
+            Method::POST,
+            "/admin/v1/customers",
+            ADMIN_TOKEN,
+            Some(json!({"name": "Ben", "msisdn": "+491791000009", "pin": PIN})),
+        )
+        .await;
+    let customer_id = customer["id"].as_str().unwrap();
+    daemon
+        .call(
+            Method::POST,
+            &format!("/admin/v1/customers/{customer_id}/deposits"),
+            ADMIN_TOKEN,
+            Some(json!({"amount": "1000.00", "currency": "EUR"})),
+        )
+        .await;
+    let (_, process) = daemon
+        .call(
+            Method::POST,
+            "/v1/processes",
+            &api_key,
+            Some(json!({"customer": {"msisdn": "+491791000009"}, "currency": "EUR", "release": "900.00"})),
+        )
+        .await;
+    let process_id = process["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let link = loop {
+        let found = console_lines(&console)
+            .into_iter()
+            .find(|m| m["kind"] == "confirmation_request");
+        if let Some(message) = found {
+            break message["url"].as_str().unwrap().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no confirmation request reached the console"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let confirmed = daemon
+        .client
+        .post(&link)
+        .form(&[("action", "confirm"), ("pin", PIN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), StatusCode::OK);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let load_task = tokio::spawn(load(
+        daemon.base.clone(),
+        api_key.clone(),
+        process_id,
+        stop.clone(),
+        acknowledged.clone(),
+    ));
+    for _ in 0..KILLS {
+        let pause_ms = rand::thread_rng().gen_range(150..450);
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        daemon.sigkill().await;
+        daemon = start_daemon_on(&database_url, &console, port, &FAST).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    load_task.await.unwrap();
+    assert!(
+        acknowledged.load(Ordering::SeqCst) >= KILLS,
+        "the load ran between the kills"
+    );
+
+    let events = feed(&daemon, &api_key).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let received = receiver.received().await;
+        let arrived: std::collections::HashSet<&str> = received
+            .deliveries
+            .iter()
+            .map(|(_, payload)| payload["id"].as_str().unwrap())
+            .collect();
+        if events
+            .iter()
+            .all(|event| arrived.contains(event["id"].as_str().unwrap()))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events arrived",
+            arrived.len(),
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = receiver.received().await;
+    eprintln!(
+        "{KILLS} kills: {} acknowledged requests, {} events, {} deliveries ({} repeated under their webhook-id)",
+        acknowledged.load(Ordering::SeqCst),
+        events.len(),
+        received.deliveries.len(),
+        received.deliveries.len() - events.len(),
+    );
+    assert_eq!(received.rejected, 0);
+    assert_delivered_exactly_once_in_order(&events, &received);
+    let (status, report) = daemon
+        .call(Method::GET, "/admin/v1/ledger/verify", ADMIN_TOKEN, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report:#}");
+    daemon.sigkill().await;
+}
