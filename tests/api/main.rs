@@ -13,5 +13,6 @@ mod durability;
 mod expiry;
 mod idempotency;
 mod operations;
+mod routing;
 mod validation;
 mod webhooks;
