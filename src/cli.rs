@@ -115,6 +115,8 @@ enum RetailerCommand {
     Add(RetailerArgs),
     /// Starts a new webhook secret; the previous one signs too for a grace period.
     RotateSecret { id: String },
+    /// Replaces the API key (shown once); the old key stops working at once.
+    RotateKey { id: String },
 }
 
 #[derive(Args)]
@@ -295,6 +297,14 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let credentials = engine.create_retailer(&mut tx, retailer).await?;
             tx.commit().await?;
             print_json(&json!(credentials));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retailer(RetailerCommand::RotateKey { id }) => {
+            let engine = offline_engine(settings).await?;
+            let mut tx = engine.store.begin_write().await?;
+            let rotated = engine.rotate_api_key(&mut tx, &id).await?;
+            tx.commit().await?;
+            print_json(&rotated);
             Ok(ExitCode::SUCCESS)
         }
         Command::Retailer(RetailerCommand::RotateSecret { id }) => {

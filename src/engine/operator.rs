@@ -229,6 +229,26 @@ impl Engine {
         })
     }
 
+    /// Replaces a retailer's API key, for a lost or leaked one: the old key stops working at
+    /// once. The new key is shown only in the answer.
+    pub async fn rotate_api_key(
+        &self,
+        conn: &mut AnyConnection,
+        retailer_id: &str,
+    ) -> Result<serde_json::Value, EngineError> {
+        let api_key = format!("psk_{}", random_secret());
+        let updated = sqlx::query("UPDATE retailers SET api_key_hash = $1 WHERE id = $2")
+            .bind(secret_hash(&api_key))
+            .bind(retailer_id)
+            .execute(&mut *conn)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(EngineError::NotFound("retailer"));
+        }
+        tracing::info!(retailer_id, "Retailer API key replaced");
+        Ok(serde_json::json!({ "id": retailer_id, "api_key": api_key }))
+    }
+
     /// Starts using a new webhook secret; the old one keeps signing for the configured grace
     /// period, so the retailer can switch its verification over without missing a delivery.
     pub async fn rotate_webhook_secret(

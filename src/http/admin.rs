@@ -371,6 +371,18 @@ pub async fn requeue_outbox(
     }
 }
 
+/// `POST /admin/v1/retailers/{id}/api-key/rotate`: a new API key; the old one stops working.
+pub async fn rotate_api_key(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(retailer_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tx = state.engine.store.begin_write().await?;
+    let rotated = state.engine.rotate_api_key(&mut tx, &retailer_id).await?;
+    tx.commit().await?;
+    Ok(Json(rotated).into_response())
+}
+
 /// `POST /admin/v1/retailers/{id}/webhook-secret/rotate`: a new signing secret; the previous
 /// one keeps signing for `channels.webhook.previous_secret_valid_s`.
 pub async fn rotate_webhook_secret(

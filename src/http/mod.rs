@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/v1/outbox", get(admin::list_outbox))
         .route("/admin/v1/outbox/{id}/requeue", post(admin::requeue_outbox))
         .route(
+            "/admin/v1/retailers/{id}/api-key/rotate",
+            post(admin::rotate_api_key),
+        )
+        .route(
             "/admin/v1/retailers/{id}/webhook-secret/rotate",
             post(admin::rotate_webhook_secret),
         )

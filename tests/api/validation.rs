@@ -319,5 +319,23 @@ async fn requests_without_a_valid_key_or_for_another_retailers_process_are_refus
         json!([]),
         "events are per retailer"
     );
+
+    // A replaced key stops working at once; the new one works.
+    let rotate_path = format!("/admin/v1/retailers/{}/api-key/rotate", retailer.id);
+    let rotated = app.admin_post(&rotate_path, json!({})).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let process_path = format!("/v1/processes/{process_id}");
+    assert_eq!(
+        app.get(&retailer, &process_path).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let renewed = crate::helpers::Retailer {
+        id: retailer.id.clone(),
+        api_key: rotated.body["api_key"].as_str().unwrap().into(),
+    };
+    assert_eq!(
+        app.get(&renewed, &process_path).await.status,
+        StatusCode::OK
+    );
     app.assert_ledger_holds().await;
 }
