@@ -338,6 +338,13 @@ impl Settings {
             "channels.webhook.response_body_max_bytes",
             "must be between 256 and 1048576",
         );
+        // A delivery that outlives its claim could be claimed again by another worker and
+        // arrive twice; the lease must outlast the slowest attempt.
+        require(
+            self.outbox.claim_lease_ms > i64::try_from(webhook.timeout_ms).unwrap_or(i64::MAX),
+            "outbox.claim_lease_ms",
+            "must be longer than channels.webhook.timeout_ms",
+        );
         require(
             webhook.previous_secret_valid_s >= 0,
             "channels.webhook.previous_secret_valid_s",

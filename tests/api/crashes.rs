@@ -22,9 +22,9 @@ on_both_databases!(no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load)
 const FAST: [(&str, &str); 5] = [
     ("PAYSTEP__OUTBOX__RETRY_BASE_MS", "50"),
     ("PAYSTEP__OUTBOX__RETRY_MAX_MS", "300"),
-    ("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "300"),
+    ("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "800"),
     ("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "20"),
-    ("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "1000"),
+    ("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "700"),
 ];
 
 async fn feed(daemon: &Daemon, api_key: &str) -> Vec<Value> {
@@ -220,4 +220,75 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
         .await;
     assert_eq!(status, StatusCode::OK, "{report:#}");
     daemon.sigkill().await;
+}
+
+/// Two daemons share one PostgreSQL database, as a scaled-out deployment does: both take
+/// requests and both deliver, and still every event arrives under one webhook-id, once
+/// counted by id, in order per process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_postgres_deliver_each_event_under_one_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(Db::Postgres, dir.path()).await;
+    let console = dir.path().join("console.jsonl");
+    let receiver_port = free_port();
+    let first = start_daemon_on(&database_url, &console, free_port(), &FAST).await;
+    let second = start_daemon_on(&database_url, &console, free_port(), &FAST).await;
+    let (_, retailer) = first
+        .call(
+            Method::POST,
+            "/admin/v1/retailers",
+            ADMIN_TOKEN,
+            Some(json!({"name": "Kiosk", "webhook_url": WebhookReceiver::url(receiver_port), "notify": ["webhook"]})),
+        )
+        .await;
+    let api_key = retailer["api_key"].as_str().unwrap().to_string();
+    let secret = retailer["webhook_secret"].as_str().unwrap().to_string();
+    let receiver = WebhookReceiver::start(receiver_port, &[&secret], "ok").await;
+
+    // Point-of-sale processes opened alternately on both daemons, then closed on the other.
+    let mut opened = Vec::new();
+    for round in 0..40 {
+        let (daemon, other) = if round % 2 == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let (status, process) = daemon
+            .call(
+                Method::POST,
+                "/v1/processes",
+                &api_key,
+                Some(json!({"currency": "EUR", "release": "2.00"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let process_id = process["id"].as_str().unwrap().to_string();
+        let (status, _) = other
+            .call(
+                Method::POST,
+                &format!("/v1/processes/{process_id}/close"),
+                &api_key,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        opened.push(process_id);
+    }
+    let events = feed(&first, &api_key).await;
+    assert_eq!(events.len(), 80, "created and closed for each process");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.received().await.deliveries.len() < events.len() {
+        assert!(Instant::now() < deadline, "not every event arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = receiver.received().await;
+    assert_delivered_exactly_once_in_order(&events, &received);
+    // With healthy peers, no event is delivered twice: each claim is one daemon's alone.
+    assert_eq!(
+        received.deliveries.len(),
+        events.len(),
+        "no double delivery by two daemons"
+    );
+    first.sigkill().await;
+    second.sigkill().await;
 }

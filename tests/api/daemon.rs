@@ -53,7 +53,8 @@ pub async fn start_daemon_on(
         .env("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "20")
         // A message the killed daemon had claimed waits out this lease before the new one
         // delivers it.
-        .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "500")
+                .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "500")
+        .env("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "400")
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .kill_on_drop(true)

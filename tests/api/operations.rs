@@ -212,6 +212,17 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("http.listen"));
+
+    // A claim that ends before a webhook attempt may could deliver it twice.
+    let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
+        .arg("migrate")
+        .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "5000")
+        .env("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "10000")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("outbox.claim_lease_ms"));
 }
 
 on_both_databases!(
