@@ -9,8 +9,8 @@ use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::daemon::{console_lines, free_port, start_daemon_on, Daemon};
-use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN, PIN};
+use crate::daemon::{free_port, start_daemon_on, Daemon};
+use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN};
 use crate::on_both_databases;
 use crate::webhooks::{assert_delivered_exactly_once_in_order, WebhookReceiver};
 
@@ -99,65 +99,12 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     let receiver_port = free_port();
     let mut daemon = start_daemon_on(&database_url, &console, port, &FAST).await;
 
-    let (_, retailer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/retailers",
-            ADMIN_TOKEN,
-            Some(json!({"name": "Kiosk", "webhook_url": WebhookReceiver::url(receiver_port), "notify": ["webhook"]})),
-        )
+    let retailer = daemon.create_retailer(Some(receiver_port)).await;
+    let api_key = retailer.api_key;
+    let receiver = WebhookReceiver::start(receiver_port, &[&retailer.webhook_secret], "ok").await;
+    let process_id = daemon
+        .open_confirmed_process(&console, &api_key, "+491791000009", ("1000.00", "900.00"))
         .await;
-    let api_key = retailer["api_key"].as_str().unwrap().to_string();
-    let secret = retailer["webhook_secret"].as_str().unwrap().to_string();
-    let receiver = WebhookReceiver::start(receiver_port, &[&secret], "ok").await;
-    let (_, customer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/customers",
-            ADMIN_TOKEN,
-            Some(json!({"name": "Ben", "msisdn": "+491791000009", "pin": PIN})),
-        )
-        .await;
-    let customer_id = customer["id"].as_str().unwrap();
-    daemon
-        .call(
-            Method::POST,
-            &format!("/admin/v1/customers/{customer_id}/deposits"),
-            ADMIN_TOKEN,
-            Some(json!({"amount": "1000.00", "currency": "EUR"})),
-        )
-        .await;
-    let (_, process) = daemon
-        .call(
-            Method::POST,
-            "/v1/processes",
-            &api_key,
-            Some(json!({"customer": {"msisdn": "+491791000009"}, "currency": "EUR", "release": "900.00"})),
-        )
-        .await;
-    let process_id = process["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let link = loop {
-        let found = console_lines(&console)
-            .into_iter()
-            .find(|m| m["kind"] == "confirmation_request");
-        if let Some(message) = found {
-            break message["url"].as_str().unwrap().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no confirmation request reached the console"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let confirmed = daemon
-        .client
-        .post(&link)
-        .form(&[("action", "confirm"), ("pin", PIN)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(confirmed.status(), StatusCode::OK);
 
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicUsize::new(0));
@@ -233,17 +180,9 @@ async fn two_daemons_on_one_postgres_deliver_each_event_under_one_id() {
     let receiver_port = free_port();
     let first = start_daemon_on(&database_url, &console, free_port(), &FAST).await;
     let second = start_daemon_on(&database_url, &console, free_port(), &FAST).await;
-    let (_, retailer) = first
-        .call(
-            Method::POST,
-            "/admin/v1/retailers",
-            ADMIN_TOKEN,
-            Some(json!({"name": "Kiosk", "webhook_url": WebhookReceiver::url(receiver_port), "notify": ["webhook"]})),
-        )
-        .await;
-    let api_key = retailer["api_key"].as_str().unwrap().to_string();
-    let secret = retailer["webhook_secret"].as_str().unwrap().to_string();
-    let receiver = WebhookReceiver::start(receiver_port, &[&secret], "ok").await;
+    let retailer = first.create_retailer(Some(receiver_port)).await;
+    let api_key = retailer.api_key;
+    let receiver = WebhookReceiver::start(receiver_port, &[&retailer.webhook_secret], "ok").await;
 
     // Point-of-sale processes opened alternately on both daemons, then closed on the other.
     let mut opened = Vec::new();

@@ -5,10 +5,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
-use crate::helpers::ADMIN_TOKEN;
+use crate::helpers::{ADMIN_TOKEN, PIN};
 
 pub struct Daemon {
     child: Child,
@@ -53,7 +53,7 @@ pub async fn start_daemon_on(
         .env("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "20")
         // A message the killed daemon had claimed waits out this lease before the new one
         // delivers it.
-                .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "500")
+        .env("PAYSTEP__OUTBOX__CLAIM_LEASE_MS", "500")
         .env("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "400")
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
@@ -108,4 +108,97 @@ pub fn console_lines(path: &Path) -> Vec<Value> {
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect()
+}
+
+/// A retailer as created: `api_key` and `webhook_secret` among its fields.
+pub struct DaemonRetailer {
+    pub api_key: String,
+    pub webhook_secret: String,
+}
+
+impl Daemon {
+    /// Creates a retailer; with `webhook_port`, one whose events go to that receiver.
+    pub async fn create_retailer(&self, webhook_port: Option<u16>) -> DaemonRetailer {
+        let body = match webhook_port {
+            Some(port) => json!({
+                "name": "Kiosk",
+                "webhook_url": format!("http://127.0.0.1:{port}/hook"),
+                "notify": ["webhook"],
+            }),
+            None => json!({"name": "Kiosk"}),
+        };
+        let (status, retailer) = self
+            .call(
+                reqwest::Method::POST,
+                "/admin/v1/retailers",
+                ADMIN_TOKEN,
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{retailer}");
+        DaemonRetailer {
+            api_key: retailer["api_key"].as_str().unwrap().to_string(),
+            webhook_secret: retailer["webhook_secret"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// A customer with `credit` EUR and the test PIN, billed for `release` EUR and confirmed
+    /// on the page whose link the console shows. Returns the process id.
+    pub async fn open_confirmed_process(
+        &self,
+        console_path: &Path,
+        api_key: &str,
+        msisdn: &str,
+        (credit, release): (&str, &str),
+    ) -> String {
+        use reqwest::Method;
+        let customer = json!({"name": "Ben", "msisdn": msisdn, "pin": PIN});
+        let (status, customer) = self
+            .call(
+                Method::POST,
+                "/admin/v1/customers",
+                ADMIN_TOKEN,
+                Some(customer),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{customer}");
+        let deposit_path = format!(
+            "/admin/v1/customers/{}/deposits",
+            customer["id"].as_str().unwrap()
+        );
+        let deposit = json!({"amount": credit, "currency": "EUR"});
+        let (status, _) = self
+            .call(Method::POST, &deposit_path, ADMIN_TOKEN, Some(deposit))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let body = json!({"customer": {"msisdn": msisdn}, "currency": "EUR", "release": release, "description": "Snacks"});
+        let (status, process) = self
+            .call(Method::POST, "/v1/processes", api_key, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{process}");
+        let process_id = process["id"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let link = loop {
+            let request = console_lines(console_path).into_iter().find(|m| {
+                m["kind"] == "confirmation_request" && m["process_id"] == process_id.as_str()
+            });
+            if let Some(request) = request {
+                break request["url"].as_str().unwrap().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no confirmation request reached the console"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let confirmed = self
+            .client
+            .post(&link)
+            .form(&[("action", "confirm"), ("pin", PIN)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirmed.status(), StatusCode::OK);
+        process_id
+    }
 }

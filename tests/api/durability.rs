@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::daemon::{console_lines, paystep, start_daemon};
-use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN, PIN};
+use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN};
 use crate::on_both_databases;
 
 const STEPS: usize = 25;
@@ -21,62 +21,15 @@ async fn every_acknowledged_step_and_its_messages_survive_sigkill(db: Db) {
     let daemon = start_daemon(&database_url, &console_path).await;
     use reqwest::Method;
 
-    let (_, retailer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/retailers",
-            ADMIN_TOKEN,
-            Some(json!({"name": "Kiosk"})),
-        )
-        .await;
-    let api_key = retailer["api_key"].as_str().unwrap().to_string();
-    let (_, customer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/customers",
-            ADMIN_TOKEN,
-            Some(json!({"name": "Ben", "msisdn": "+491761000001", "pin": PIN})),
-        )
-        .await;
-    let customer_id = customer["id"].as_str().unwrap().to_string();
-    daemon
-        .call(
-            Method::POST,
-            &format!("/admin/v1/customers/{customer_id}/deposits"),
-            ADMIN_TOKEN,
-            Some(json!({"amount": "100.00", "currency": "EUR"})),
-        )
-        .await;
-    let (status, process) = daemon
-        .call(
-            Method::POST,
-            "/v1/processes",
+    let api_key = daemon.create_retailer(None).await.api_key;
+    let process_id = daemon
+        .open_confirmed_process(
+            &console_path,
             &api_key,
-            Some(json!({"customer": {"msisdn": "+491761000001"}, "currency": "EUR", "release": "50.00", "description": "Snacks"})),
+            "+491761000001",
+            ("100.00", "50.00"),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let process_id = process["id"].as_str().unwrap().to_string();
-    let mut link = None;
-    for _ in 0..300 {
-        link = console_lines(&console_path)
-            .into_iter()
-            .find(|m| m["kind"] == "confirmation_request")
-            .map(|m| m["url"].as_str().unwrap().to_string());
-        if link.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let link = link.expect("the confirmation request reached the console");
-    let confirmed = daemon
-        .client
-        .post(&link)
-        .form(&[("action", "confirm"), ("pin", PIN)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(confirmed.status(), StatusCode::OK);
 
     let mut acknowledged = Vec::new();
     for _ in 0..STEPS {
