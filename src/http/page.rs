@@ -24,6 +24,9 @@ pub struct AnswerForm {
 
 struct Words {
     title: &'static str,
+    title_approved: &'static str,
+    title_declined: &'static str,
+    title_expired: &'static str,
     asks: &'static str,
     top_up: &'static str,
     for_step: &'static str,
@@ -48,6 +51,9 @@ struct Words {
 fn words(language: Language) -> &'static Words {
     const EN: Words = Words {
         title: "Confirm payment",
+        title_approved: "Payment confirmed",
+        title_declined: "Payment declined",
+        title_expired: "Request expired",
         asks: "asks you to release",
         top_up: "asks you to release a further",
         for_step: "for a step of",
@@ -70,6 +76,9 @@ fn words(language: Language) -> &'static Words {
     };
     const DE: Words = Words {
         title: "Zahlung bestätigen",
+        title_approved: "Zahlung bestätigt",
+        title_declined: "Zahlung abgelehnt",
+        title_expired: "Anfrage abgelaufen",
         asks: "bittet um Freigabe von",
         top_up: "bittet um Freigabe von weiteren",
         for_step: "für einen Schritt von",
@@ -111,12 +120,15 @@ fn escape(text: &str) -> String {
     escaped
 }
 
+// Confirm's green (#07804d) keeps white text above WCAG AA contrast; Decline sits further
+// down than Confirm so that a thumb does not hit the wrong one.
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:16px;max-width:28rem;\
 margin-inline:auto;line-height:1.4;color:#111}h1{font-size:1.3rem}.amount{font-size:2rem;font-weight:bold;\
 margin:.2rem 0}.code{font-family:monospace;font-size:1.2rem;letter-spacing:.1em}label{display:block;\
-margin-top:1rem}input{font-size:1.2rem;width:100%;box-sizing:border-box;padding:.6rem}button{font-size:1.1rem;\
-width:100%;padding:.8rem;margin-top:.8rem;border-radius:6px;border:1px solid #333}.confirm{background:#0a6;\
-color:#fff;border-color:#0a6}.decline{background:#fff}.note{padding:.6rem;background:#fff4d6;border-radius:6px}\
+margin-top:1rem}button,input{font:inherit}input{font-size:1.2rem;width:100%;box-sizing:border-box;\
+padding:.6rem}button{font-size:1.1rem;width:100%;padding:.8rem;margin-top:.8rem;border-radius:6px;\
+border:1px solid #333}.confirm{background:#07804d;color:#fff;border-color:#07804d}.decline{background:#fff;\
+margin-top:1.6rem}.note{padding:.6rem;border-radius:6px;background:#fff4d6}.note.ok{background:#e3f6ea}\
 .muted{color:#555;font-size:.9rem}";
 
 fn layout(language: Language, body: &str) -> String {
@@ -131,18 +143,38 @@ fn layout(language: Language, body: &str) -> String {
     )
 }
 
+/// A time as customers read it: to the minute, in UTC (the page has no JavaScript to learn
+/// the phone's time zone).
+fn minutes_utc(ms: i64) -> String {
+    let text = format_ms(ms).replace('T', " ");
+    format!("{} UTC", &text[..text.len().min(16)])
+}
+
 fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> String {
     let words = words(page.language);
-    let mut body = format!("<h1>{}</h1>", words.title);
+    // Once answered, the page says what happened, not what was asked.
+    let heading = match page.status {
+        ConfirmationStatus::Pending => words.title,
+        ConfirmationStatus::Approved => words.title_approved,
+        ConfirmationStatus::Declined => words.title_declined,
+        ConfirmationStatus::Expired => words.title_expired,
+    };
+    let mut body = format!("<h1>{heading}</h1>");
+    let tone = if page.status == ConfirmationStatus::Approved {
+        "note ok"
+    } else {
+        "note"
+    };
     if let Some(note) = note {
         body.push_str(&format!(
-            "<p class=\"note\" role=\"alert\">{}</p>",
+            "<p class=\"{tone}\" role=\"alert\">{}</p>",
             escape(note)
         ));
     }
-    let asks = match page.kind {
-        ConfirmationKind::Initial => words.asks,
-        ConfirmationKind::TopUp => words.top_up,
+    let asks = match (page.status, page.kind) {
+        (ConfirmationStatus::Pending, ConfirmationKind::Initial) => words.asks,
+        (ConfirmationStatus::Pending, ConfirmationKind::TopUp) => words.top_up,
+        _ => "",
     };
     body.push_str(&format!(
         "<p><strong id=\"retailer\">{retailer}</strong> {asks}</p>\
@@ -168,7 +200,7 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
     if page.status != ConfirmationStatus::Pending {
         if note.is_none() {
             body.push_str(&format!(
-                "<p class=\"note\">{}</p>",
+                "<p class=\"{tone}\">{}</p>",
                 status_words(page.status, words)
             ));
         }
@@ -177,7 +209,7 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
     let pin_field = if page.pin_required {
         format!(
             "<label for=\"pin\">{}</label><input id=\"pin\" name=\"pin\" type=\"password\" \
-             inputmode=\"numeric\" pattern=\"[0-9]*\" autocomplete=\"one-time-code\" maxlength=\"8\">",
+             inputmode=\"numeric\" pattern=\"[0-9]*\" autocomplete=\"one-time-code\" maxlength=\"8\" autofocus>",
             words.pin
         )
     } else {
@@ -187,12 +219,12 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
         "<form method=\"post\" action=\"/c/{token}\">{pin_field}\
          <button class=\"confirm\" type=\"submit\" name=\"action\" value=\"confirm\">{confirm}</button>\
          <button class=\"decline\" type=\"submit\" name=\"action\" value=\"decline\" formnovalidate>{decline}</button>\
-         </form><p class=\"muted\">{valid_until} {expires} UTC</p>",
+         </form><p class=\"muted\">{valid_until} {expires}</p>",
         token = escape(token),
         confirm = words.confirm,
         decline = words.decline,
         valid_until = words.valid_until,
-        expires = format_ms(page.expires_at_ms).replace('T', " ").trim_end_matches('Z'),
+        expires = minutes_utc(page.expires_at_ms),
     ));
     layout(page.language, &body)
 }
@@ -310,11 +342,9 @@ pub async fn answer(
             Some(format!("{} {tries_left}", words.wrong_pin))
         }
         Some(AnswerOutcome::PinTriesExceeded) => Some(words.pin_tries.to_string()),
-        Some(AnswerOutcome::LockedOut { until_ms }) => Some(format!(
-            "{} {} UTC",
-            words.locked,
-            format_ms(until_ms).replace('T', " ").trim_end_matches('Z')
-        )),
+        Some(AnswerOutcome::LockedOut { until_ms }) => {
+            Some(format!("{} {}", words.locked, minutes_utc(until_ms)))
+        }
         Some(AnswerOutcome::NotPending { .. }) => Some(words.answered.to_string()),
     };
     let status = match outcome {
