@@ -6,10 +6,11 @@
 //! [`InboundSink`]. Everything else about a wire protocol stays inside its adapter folder.
 
 pub mod console;
+pub mod sms;
 mod message;
 pub mod webhook;
 
-pub use message::{ChannelName, InboundMessage, InboundSink, MessageKind, OutboundMessage};
+pub use message::{ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage};
 
 use async_trait::async_trait;
 

@@ -159,23 +159,57 @@ impl std::fmt::Debug for OutboundMessage {
 /// A message from a terminal, already parsed out of its wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboundMessage {
-    /// A customer approves a pending confirmation request.
+    /// A customer approves a pending confirmation request (`YES`/`OK`/`JA [code] [PIN]`).
     Approve {
         channel: ChannelName,
         from: String,
         code: Option<String>,
         pin: Option<String>,
     },
-    /// A customer declines a pending confirmation request.
+    /// A customer declines a pending confirmation request (`NO`/`NEIN [code]`).
     Decline {
         channel: ChannelName,
         from: String,
         code: Option<String>,
     },
+    /// A customer claims a point-of-sale process (`PAY <code> [amount] [PIN]`); `amount` is
+    /// the decimal text as typed, validated by the core against the process's currency.
+    Pay {
+        channel: ChannelName,
+        from: String,
+        code: String,
+        amount: Option<String>,
+        pin: Option<String>,
+    },
+    /// A customer asks for the balance (`BAL`).
+    Balance { channel: ChannelName, from: String },
+    /// Anything else: the customer gets a short help reply and nothing changes.
+    Unrecognized {
+        channel: ChannelName,
+        from: String,
+        text: String,
+    },
+    /// The peer reports the fate of an outbound message it accepted under `remote_id`.
+    DeliveryReceipt {
+        channel: ChannelName,
+        remote_id: String,
+        /// The final state as the peer names it: `DELIVERED`, `UNDELIVERABLE`, `EXPIRED`, ...
+        state: String,
+        error: Option<String>,
+    },
 }
 
-/// Where channels hand inbound messages; implemented by the core.
+/// Why the core could not take an inbound message now; the adapter answers its peer so that
+/// the peer delivers the message again later (for SMPP, a temporary `deliver_sm_resp` error).
+#[derive(Debug, thiserror::Error)]
+#[error("the core cannot take the message now: {0}")]
+pub struct InboundError(pub String);
+
+/// Where channels hand inbound messages; implemented by the core. An adapter acknowledges a
+/// message to its peer only after `receive` returned `Ok`: then the message's effects are
+/// committed, so an acknowledged message is never lost. Receiving the same message twice
+/// is harmless.
 #[async_trait]
 pub trait InboundSink: Send + Sync {
-    async fn receive(&self, message: InboundMessage);
+    async fn receive(&self, message: InboundMessage) -> Result<(), InboundError>;
 }

@@ -1,0 +1,1 @@
+//! The MO grammar (being written).
