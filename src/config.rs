@@ -133,6 +133,94 @@ pub struct OutboxSettings {
 pub struct ChannelSettings {
     pub console: ConsoleSettings,
     pub webhook: WebhookSettings,
+    /// SMS over SMPP; absent means no SMS channel.
+    #[serde(default)]
+    pub sms: Option<SmsSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsSettings {
+    /// The short code or number customers reply to.
+    pub source_addr: String,
+    /// 0 unknown, 1 international, 3 network specific (short codes), 5 alphanumeric.
+    #[serde(default = "default_source_addr_ton")]
+    pub source_addr_ton: u8,
+    #[serde(default)]
+    pub source_addr_npi: u8,
+    #[serde(default = "default_true")]
+    pub registered_delivery: bool,
+    /// One table per SMSC link.
+    pub smsc: Vec<SmscSettings>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmscSettings {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: bool,
+    pub system_id: String,
+    pub password: String,
+    #[serde(default)]
+    pub system_type: String,
+    #[serde(default = "default_bind")]
+    pub bind: String,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_throughput_per_s")]
+    pub throughput_per_s: u32,
+    #[serde(default = "default_enquire_link_interval_ms")]
+    pub enquire_link_interval_ms: u64,
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    #[serde(default = "default_reconnect_backoff_min_ms")]
+    pub reconnect_backoff_min_ms: u64,
+    #[serde(default = "default_reconnect_backoff_max_ms")]
+    pub reconnect_backoff_max_ms: u64,
+}
+
+// The password is a secret: never print it.
+impl std::fmt::Debug for SmscSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmscSettings")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_source_addr_ton() -> u8 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+fn default_bind() -> String {
+    "transceiver".to_string()
+}
+fn default_window() -> usize {
+    10
+}
+fn default_throughput_per_s() -> u32 {
+    50
+}
+fn default_enquire_link_interval_ms() -> u64 {
+    30_000
+}
+fn default_response_timeout_ms() -> u64 {
+    10_000
+}
+fn default_reconnect_backoff_min_ms() -> u64 {
+    1_000
+}
+fn default_reconnect_backoff_max_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -350,6 +438,76 @@ impl Settings {
             "channels.webhook.previous_secret_valid_s",
             "must not be negative",
         );
+        if let Some(sms) = &self.channels.sms {
+            require(
+                !sms.source_addr.trim().is_empty(),
+                "channels.sms.source_addr",
+                "must not be empty",
+            );
+            require(
+                !sms.smsc.is_empty(),
+                "channels.sms.smsc",
+                "needs at least one SMSC",
+            );
+            for (index, smsc) in sms.smsc.iter().enumerate() {
+                let key = |name: &str| format!("channels.sms.smsc[{index}].{name}");
+                let mut check = |ok: bool, name: &str, message: &str| {
+                    if !ok {
+                        problems.push(format!("`{}`: {message}", key(name)));
+                    }
+                };
+                check(!smsc.host.is_empty(), "host", "must not be empty");
+                check(
+                    !smsc.system_id.is_empty() && smsc.system_id.len() <= 15,
+                    "system_id",
+                    "must be 1 to 15 characters",
+                );
+                check(
+                    smsc.password.len() <= 8,
+                    "password",
+                    "must be at most 8 characters (SMPP 3.4)",
+                );
+                check(
+                    smsc.bind == "transceiver" || smsc.bind == "transmitter_receiver",
+                    "bind",
+                    "must be \"transceiver\" or \"transmitter_receiver\"",
+                );
+                check(
+                    (1..=1000).contains(&smsc.window),
+                    "window",
+                    "must be between 1 and 1000",
+                );
+                check(
+                    (1..=10_000).contains(&smsc.throughput_per_s),
+                    "throughput_per_s",
+                    "must be between 1 and 10000",
+                );
+                check(
+                    smsc.enquire_link_interval_ms >= 1000,
+                    "enquire_link_interval_ms",
+                    "must be at least 1000",
+                );
+                check(
+                    (100..=120_000).contains(&smsc.response_timeout_ms),
+                    "response_timeout_ms",
+                    "must be between 100 and 120000",
+                );
+                check(
+                    smsc.reconnect_backoff_min_ms >= 10
+                        && smsc.reconnect_backoff_min_ms <= smsc.reconnect_backoff_max_ms,
+                    "reconnect_backoff_min_ms",
+                    "must be at least 10 and at most reconnect_backoff_max_ms",
+                );
+                // A send may wait for a response per part and pause on throttling; the claim
+                // must outlast it or a second worker could submit the message again.
+                check(
+                    self.outbox.claim_lease_ms
+                        > 3 * i64::try_from(smsc.response_timeout_ms).unwrap_or(i64::MAX),
+                    "response_timeout_ms",
+                    "times 3 must stay below outbox.claim_lease_ms",
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

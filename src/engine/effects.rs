@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::rows::{CustomerRow, RetailerRow};
-use super::texts::{render, Text, TextFacts};
+use super::texts::{render, render_reply, render_sms, Reply, Text, TextFacts};
 use super::EngineError;
 use crate::domain::Language;
 
@@ -26,15 +26,22 @@ pub enum Recipient {
         requested: Option<ChannelName>,
     },
     Retailer(RetailerRow),
+    /// Whoever sent us a message on `channel` from `to`, customer or not.
+    Sender {
+        channel: ChannelName,
+        to: String,
+    },
 }
 
 pub struct PendingMessage {
     pub recipient: Recipient,
     pub kind: MessageKind,
-    pub retailer_id: String,
+    pub retailer_id: Option<String>,
     pub process_id: Option<String>,
     pub code: Option<String>,
     pub text: String,
+    /// The text for an SMS, where it differs (no link; how to reply instead).
+    pub sms_text: Option<String>,
     pub language: Language,
     pub url: Option<String>,
 }
@@ -80,18 +87,45 @@ impl Effects {
     ) {
         let (facts, retailer_id, process_id) = facts;
         let language = customer.language();
+        let sms_text = render_sms(language, facts, &text, customer.pin_hash.is_some());
         self.messages.push(PendingMessage {
             recipient: Recipient::Customer {
                 customer: customer.clone(),
                 requested,
             },
             kind,
-            retailer_id: retailer_id.to_string(),
+            retailer_id: Some(retailer_id.to_string()),
             process_id: Some(process_id.to_string()),
             code: Some(facts.code.to_string()),
             text: render(language, facts, &text),
+            sms_text,
             language,
             url,
+        });
+    }
+
+    /// Queues a reply to whoever sent a message, on the channel it came on.
+    pub fn reply(
+        &mut self,
+        channel: ChannelName,
+        to: &str,
+        language: Language,
+        process_id: Option<&str>,
+        reply: Reply<'_>,
+    ) {
+        self.messages.push(PendingMessage {
+            recipient: Recipient::Sender {
+                channel,
+                to: to.to_string(),
+            },
+            kind: super::inbound::REPLY_KIND,
+            retailer_id: None,
+            process_id: process_id.map(str::to_string),
+            code: None,
+            text: render_reply(language, &reply),
+            sms_text: None,
+            language,
+            url: None,
         });
     }
 
@@ -107,10 +141,11 @@ impl Effects {
         self.messages.push(PendingMessage {
             recipient: Recipient::Retailer(retailer.clone()),
             kind,
-            retailer_id: retailer.id.clone(),
+            retailer_id: Some(retailer.id.clone()),
             process_id: Some(process_id.to_string()),
             code: Some(facts.code.to_string()),
             text: render(Language::En, facts, &text),
+            sms_text: None,
             language: Language::En,
             url: None,
         });
@@ -277,7 +312,7 @@ impl Effects {
                         },
                         kind: MessageKind::Event,
                         recipient: "retailer",
-                        retailer_id: &event.retailer.id,
+                        retailer_id: Some(&event.retailer.id),
                         process_id: event.process_id.as_deref(),
                         code: None,
                         language: Language::En,
@@ -301,19 +336,38 @@ impl Effects {
                     "customer",
                 ),
                 Recipient::Retailer(retailer) => (retailer_routes(channels, retailer), "retailer"),
+                Recipient::Sender { channel, to } => {
+                    let delivering =
+                        channels
+                            .deliver_on(*channel)
+                            .ok_or(EngineError::ChannelUnavailable {
+                                channel: *channel,
+                                reason: "it is not configured on this server",
+                            })?;
+                    let route = Route {
+                        channel: delivering,
+                        intended: *channel,
+                        to: to.clone(),
+                    };
+                    (vec![route], "customer")
+                }
             };
             for route in routes {
+                let text = match (&message.sms_text, route.intended) {
+                    (Some(sms_text), ChannelName::Sms) => sms_text,
+                    _ => &message.text,
+                };
                 insert_outbox(
                     conn,
                     OutboxRow {
                         route,
                         kind: message.kind,
                         recipient,
-                        retailer_id: &message.retailer_id,
+                        retailer_id: message.retailer_id.as_deref(),
                         process_id: message.process_id.as_deref(),
                         code: message.code.as_deref(),
                         language: message.language,
-                        text: &message.text,
+                        text,
                         url: message.url.as_deref(),
                         payload: None,
                         event_id: None,
@@ -350,7 +404,7 @@ struct OutboxRow<'a> {
     route: Route,
     kind: MessageKind,
     recipient: &'static str,
-    retailer_id: &'a str,
+    retailer_id: Option<&'a str>,
     process_id: Option<&'a str>,
     code: Option<&'a str>,
     language: Language,

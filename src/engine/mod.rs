@@ -7,6 +7,7 @@
 mod confirm;
 mod effects;
 mod expiry;
+mod inbound;
 mod operator;
 mod process;
 pub mod rows;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use confirm::{Answer, AnswerOutcome, ConfirmationPage};
 pub use effects::{event_json, ChannelAvailability};
+pub use inbound::CoreInbound;
 pub use operator::{CustomerSummary, NewCustomer, NewRetailer, RetailerCredentials};
 pub use process::{CustomerRef, NewProcess, TopUpPolicy};
 pub use step::{NewStep, StepOutcome};

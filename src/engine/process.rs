@@ -253,21 +253,8 @@ impl Engine {
         (token, url, text): (&str, &str, Text<'_>),
         facts: &TextFacts<'_>,
     ) -> Result<(), EngineError> {
-        let expires_at_ms = now_ms + self.settings.engine.confirmation_ttl_s * 1000;
-        sqlx::query(
-            "INSERT INTO confirmations (id, process_id, step_id, kind, amount, token_hash, status, \
-             created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(&process.id)
-        .bind(step_id)
-        .bind(kind.as_str())
-        .bind(amount)
-        .bind(secret_hash(token))
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .execute(&mut *conn)
-        .await?;
+        self.insert_confirmation(conn, &process.id, (kind, amount), step_id, token, now_ms)
+            .await?;
         effects.message_customer(
             customer,
             process.requested_channel(),
@@ -277,6 +264,35 @@ impl Engine {
             Some(url.to_string()),
         );
         Ok(())
+    }
+
+    /// Inserts a pending confirmation request behind `token`; returns its id.
+    pub(super) async fn insert_confirmation(
+        &self,
+        conn: &mut AnyConnection,
+        process_id: &str,
+        (kind, amount): (ConfirmationKind, Minor),
+        step_id: Option<&str>,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<String, EngineError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let expires_at_ms = now_ms + self.settings.engine.confirmation_ttl_s * 1000;
+        sqlx::query(
+            "INSERT INTO confirmations (id, process_id, step_id, kind, amount, token_hash, status, \
+             created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)",
+        )
+        .bind(&id)
+        .bind(process_id)
+        .bind(step_id)
+        .bind(kind.as_str())
+        .bind(amount)
+        .bind(secret_hash(token))
+        .bind(now_ms)
+        .bind(expires_at_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(id)
     }
 
     /// Closes an open process for its retailer, returning the unused release.

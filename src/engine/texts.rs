@@ -163,3 +163,102 @@ fn reason_de(reason: &str) -> &str {
         other => other,
     }
 }
+
+/// Replies to a customer's SMS (or other channel) message.
+pub enum Reply<'a> {
+    Help,
+    NothingOpen,
+    SeveralOpen,
+    NoSuchCode { code: &'a str },
+    Declined { code: &'a str },
+    PinRequired { code: &'a str },
+    WrongPin { code: &'a str, tries_left: i64 },
+    LockedOut { until: String },
+    AlreadyAnswered { code: &'a str },
+    Expired { code: &'a str },
+    BadAmount { reason: &'a str },
+    Balance { balances: &'a str },
+}
+
+pub fn render_reply(language: Language, reply: &Reply<'_>) -> String {
+    match (language, reply) {
+        (Language::En, Reply::Help) => "paystep: reply YES <code> <PIN> to pay, NO <code> to decline, \
+             PAY <code> <amount> <PIN> at a till, BAL for your balance."
+            .to_string(),
+        (Language::De, Reply::Help) => "paystep: Antworten Sie JA <Code> <PIN> zum Zahlen, NEIN <Code> zum \
+             Ablehnen, PAY <Code> <Betrag> <PIN> an der Kasse, BAL für Ihr Guthaben."
+            .to_string(),
+        (Language::En, Reply::NothingOpen) => "You have no open payment request.".to_string(),
+        (Language::De, Reply::NothingOpen) => "Sie haben keine offene Zahlungsanfrage.".to_string(),
+        (Language::En, Reply::SeveralOpen) => {
+            "You have several open requests: reply YES <code> <PIN> with the code of one.".to_string()
+        }
+        (Language::De, Reply::SeveralOpen) => {
+            "Sie haben mehrere offene Anfragen: antworten Sie JA <Code> <PIN> mit dem Code einer davon."
+                .to_string()
+        }
+        (Language::En, Reply::NoSuchCode { code }) => format!("No open payment has the code {code}."),
+        (Language::De, Reply::NoSuchCode { code }) => format!("Keine offene Zahlung hat den Code {code}."),
+        (Language::En, Reply::Declined { code }) => format!("Code {code} declined. Nothing was charged."),
+        (Language::De, Reply::Declined { code }) => {
+            format!("Code {code} abgelehnt. Nichts wurde abgebucht.")
+        }
+        (Language::En, Reply::PinRequired { code }) => format!("Please reply YES {code} <PIN>."),
+        (Language::De, Reply::PinRequired { code }) => format!("Bitte antworten Sie JA {code} <PIN>."),
+        (Language::En, Reply::WrongPin { code, tries_left }) => {
+            format!("Wrong PIN for code {code}. Tries left: {tries_left}.")
+        }
+        (Language::De, Reply::WrongPin { code, tries_left }) => {
+            format!("Falsche PIN für Code {code}. Verbleibende Versuche: {tries_left}.")
+        }
+        (Language::En, Reply::LockedOut { until }) => format!("Too many wrong PINs: locked until {until}."),
+        (Language::De, Reply::LockedOut { until }) => format!("Zu viele falsche PINs: gesperrt bis {until}."),
+        (Language::En, Reply::AlreadyAnswered { code }) => format!("Code {code} is already answered."),
+        (Language::De, Reply::AlreadyAnswered { code }) => format!("Code {code} ist bereits beantwortet."),
+        (Language::En, Reply::Expired { code }) => format!("The request with code {code} has expired."),
+        (Language::De, Reply::Expired { code }) => format!("Die Anfrage mit Code {code} ist abgelaufen."),
+        (Language::En, Reply::BadAmount { reason }) => format!("Amount not accepted: {reason}."),
+        (Language::De, Reply::BadAmount { reason }) => format!("Betrag nicht angenommen: {reason}."),
+        (Language::En, Reply::Balance { balances }) => format!("Your credit (held for open payments): {balances}."),
+        (Language::De, Reply::Balance { balances }) => {
+            format!("Ihr Guthaben (für offene Zahlungen reserviert): {balances}.")
+        }
+    }
+}
+
+/// The SMS form of a confirmation request: no link (it would not fit one SMS), but how to
+/// answer by reply. `None` for texts that are the same on every channel.
+pub fn render_sms(
+    language: Language,
+    facts: &TextFacts<'_>,
+    text: &Text<'_>,
+    pin_required: bool,
+) -> Option<String> {
+    let TextFacts {
+        retailer,
+        context,
+        code,
+        currency,
+    } = facts;
+    let answer = match (language, pin_required) {
+        (Language::En, true) => format!("Reply YES {code} <PIN> or NO {code}."),
+        (Language::En, false) => format!("Reply YES {code} or NO {code}."),
+        (Language::De, true) => format!("Antworten Sie JA {code} <PIN> oder NEIN {code}."),
+        (Language::De, false) => format!("Antworten Sie JA {code} oder NEIN {code}."),
+    };
+    match (language, text) {
+        (Language::En, Text::ConfirmationRequest { amount, .. }) => Some(format!(
+            "{retailer} asks you to release {amount} {currency} for {context}. Code {code}. {answer}"
+        )),
+        (Language::De, Text::ConfirmationRequest { amount, .. }) => Some(format!(
+            "{retailer} bittet um Freigabe von {amount} {currency} für {context}. Code {code}. {answer}"
+        )),
+        (Language::En, Text::TopUpRequest { amount, .. }) => Some(format!(
+            "{retailer} asks for {amount} {currency} more for {context}. Code {code}. {answer}"
+        )),
+        (Language::De, Text::TopUpRequest { amount, .. }) => Some(format!(
+            "{retailer} bittet um weitere {amount} {currency} für {context}. Code {code}. {answer}"
+        )),
+        _ => None,
+    }
+}

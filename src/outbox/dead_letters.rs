@@ -22,6 +22,7 @@ struct OutboxRow {
     queued_at_ms: i64,
     next_attempt_at_ms: i64,
     delivered_at_ms: Option<i64>,
+    delivery_state: Option<String>,
 }
 
 /// One outbox message as the operator API and CLI show it.
@@ -42,6 +43,9 @@ pub struct OutboxView {
     pub queued_at: String,
     pub next_attempt_at: Option<String>,
     pub delivered_at: Option<String>,
+    /// What the peer last reported of the message after accepting it (an SMS delivery
+    /// receipt: DELIVERED, UNDELIVERABLE, EXPIRED, ...).
+    pub delivery_state: Option<String>,
 }
 
 impl From<OutboxRow> for OutboxView {
@@ -63,12 +67,17 @@ impl From<OutboxRow> for OutboxView {
             queued_at: format_ms(row.queued_at_ms),
             next_attempt_at: queued.then(|| format_ms(row.next_attempt_at_ms)),
             delivered_at: row.delivered_at_ms.map(format_ms),
+            delivery_state: row.delivery_state,
         }
     }
 }
 
-const COLUMNS: &str = "position, id, channel, kind, to_address, retailer_id, process_id, event_id, \
-     status, attempts, last_error, created_at_ms, queued_at_ms, next_attempt_at_ms, delivered_at_ms";
+const COLUMNS: &str = "o.position, o.id, o.channel, o.kind, o.to_address, o.retailer_id, \
+     o.process_id, o.event_id, o.status, o.attempts, o.last_error, o.created_at_ms, o.queued_at_ms, \
+     o.next_attempt_at_ms, o.delivered_at_ms, \
+     (SELECT r.state FROM outbox_remote_ids i JOIN delivery_receipts r \
+        ON r.channel = i.channel AND r.remote_id = i.remote_id \
+      WHERE i.outbox_id = o.id ORDER BY r.received_at_ms DESC LIMIT 1) AS delivery_state";
 
 pub const STATUSES: [&str; 3] = ["queued", "delivered", "dead"];
 
@@ -80,8 +89,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<OutboxView>, sqlx::Error> {
     let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM outbox WHERE ($1 = '' OR status = $1) AND position > $2 \
-         ORDER BY position LIMIT $3"
+        "SELECT {COLUMNS} FROM outbox o WHERE ($1 = '' OR o.status = $1) AND o.position > $2 \
+         ORDER BY o.position LIMIT $3"
     ))
     .bind(status.unwrap_or(""))
     .bind(after_position)
@@ -113,7 +122,7 @@ pub async fn requeue(
     .execute(&mut *conn)
     .await?;
     let row: Option<OutboxRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM outbox WHERE id = $1"))
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM outbox o WHERE o.id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;

@@ -138,6 +138,18 @@ impl Dispatcher {
         let mut tx = self.store.begin_write().await?;
         let outcome = match result {
             Ok(delivery) => {
+                // Each part's id, so that a delivery receipt finds its message.
+                for remote_id in delivery.remote_id.iter().flat_map(|ids| ids.split(',')) {
+                    sqlx::query(
+                        "INSERT INTO outbox_remote_ids (remote_id, channel, outbox_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (channel, remote_id) DO NOTHING",
+                    )
+                    .bind(remote_id)
+                    .bind(&channel_name)
+                    .bind(&message.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 sqlx::query(
                     "UPDATE outbox SET status = 'delivered', delivered_at_ms = $1, remote_id = $2, \
                      last_error = NULL WHERE position = $3",

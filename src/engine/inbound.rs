@@ -1,0 +1,404 @@
+//! Messages from terminals other than the web page: SMS replies (approve, decline, PAY,
+//! BAL, anything else) and delivery receipts. Each is handled in one transaction together
+//! with the replies it causes, so a channel acknowledges its peer only once all of that is
+//! committed; handling the same message twice changes nothing more.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use paystep_channels::{ChannelName, InboundError, InboundMessage, InboundSink, MessageKind};
+use sqlx::{AnyConnection, Row};
+
+use super::confirm::{Answer, AnswerOutcome};
+use super::effects::Effects;
+use super::rows::{self, CustomerKey, CustomerRow};
+use super::texts::Reply;
+use super::{random_secret, Engine, EngineError};
+use crate::clock::format_ms;
+use crate::domain::{ConfirmationKind, Language, Msisdn, ProcessCode};
+
+/// The core as channels see it.
+pub struct CoreInbound(pub Arc<Engine>);
+
+#[async_trait]
+impl InboundSink for CoreInbound {
+    async fn receive(&self, message: InboundMessage) -> Result<(), InboundError> {
+        self.0.receive(message).await.map_err(|error| {
+            tracing::error!(error = %error, "Inbound message not taken; the peer will deliver it again");
+            InboundError(error.to_string())
+        })
+    }
+}
+
+/// A pending confirmation request of a customer, with its process's code.
+struct OpenRequest {
+    confirmation_id: String,
+    code: String,
+}
+
+impl Engine {
+    pub async fn receive(&self, message: InboundMessage) -> Result<(), EngineError> {
+        let mut tx = self.store.begin_write().await?;
+        let mut replies = Effects::default();
+        match message {
+            InboundMessage::Approve {
+                channel,
+                from,
+                code,
+                pin,
+            } => {
+                self.answer_by_reply(&mut tx, channel, &from, code, pin, true, &mut replies)
+                    .await?
+            }
+            InboundMessage::Decline {
+                channel,
+                from,
+                code,
+            } => {
+                self.answer_by_reply(&mut tx, channel, &from, code, None, false, &mut replies)
+                    .await?
+            }
+            InboundMessage::Pay {
+                channel,
+                from,
+                code,
+                amount,
+                pin,
+            } => {
+                self.pay(
+                    &mut tx,
+                    channel,
+                    &from,
+                    &code,
+                    amount.as_deref(),
+                    pin,
+                    &mut replies,
+                )
+                .await?
+            }
+            InboundMessage::Balance { channel, from } => {
+                self.balance(&mut tx, channel, &from, &mut replies).await?
+            }
+            InboundMessage::Unrecognized { channel, from, .. } => {
+                let language = self.sender_language(&mut tx, &from).await?;
+                replies.reply(channel, &from, language, None, Reply::Help);
+            }
+            InboundMessage::DeliveryReceipt {
+                channel,
+                remote_id,
+                state,
+                error,
+            } => {
+                self.record_receipt(&mut tx, channel, &remote_id, &state, error.as_deref())
+                    .await?
+            }
+        }
+        replies
+            .flush(&mut tx, &self.channels, self.now_ms())
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sender(
+        &self,
+        conn: &mut AnyConnection,
+        from: &str,
+    ) -> Result<Option<CustomerRow>, EngineError> {
+        let Ok(msisdn) = Msisdn::parse(from) else {
+            return Ok(None);
+        };
+        Ok(rows::find_customer(conn, CustomerKey::Msisdn, msisdn.as_str()).await?)
+    }
+
+    async fn sender_language(
+        &self,
+        conn: &mut AnyConnection,
+        from: &str,
+    ) -> Result<Language, EngineError> {
+        Ok(self
+            .sender(conn, from)
+            .await?
+            .map(|customer| customer.language())
+            .unwrap_or_default())
+    }
+
+    async fn open_requests(
+        &self,
+        conn: &mut AnyConnection,
+        customer_id: &str,
+    ) -> Result<Vec<OpenRequest>, EngineError> {
+        let rows = sqlx::query(
+            "SELECT c.id, p.code FROM confirmations c JOIN processes p ON p.id = c.process_id \
+             WHERE p.customer_id = $1 AND c.status = 'pending' ORDER BY c.created_at_ms",
+        )
+        .bind(customer_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OpenRequest {
+                    confirmation_id: row.try_get("id")?,
+                    code: row.try_get("code")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(EngineError::from)
+    }
+
+    /// `YES [code] [PIN]` and `NO [code]`: only the sender's own requests are answered.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_by_reply(
+        &self,
+        conn: &mut AnyConnection,
+        channel: ChannelName,
+        from: &str,
+        code: Option<String>,
+        pin: Option<String>,
+        approve: bool,
+        replies: &mut Effects,
+    ) -> Result<(), EngineError> {
+        let Some(customer) = self.sender(conn, from).await? else {
+            replies.reply(channel, from, Language::En, None, Reply::Help);
+            return Ok(());
+        };
+        let language = customer.language();
+        let open = self.open_requests(conn, &customer.id).await?;
+        let (request, pin) = match code {
+            Some(code) => match open.iter().find(|request| request.code == code) {
+                Some(request) => (request, pin),
+                // A lone 6-digit word matching no code is the PIN of the one open request.
+                None if pin.is_none() && open.len() == 1 && approve => (&open[0], Some(code)),
+                None => {
+                    replies.reply(
+                        channel,
+                        from,
+                        language,
+                        None,
+                        Reply::NoSuchCode { code: &code },
+                    );
+                    return Ok(());
+                }
+            },
+            None => match open.as_slice() {
+                [] => {
+                    replies.reply(channel, from, language, None, Reply::NothingOpen);
+                    return Ok(());
+                }
+                [only] => (only, pin),
+                _ => {
+                    replies.reply(channel, from, language, None, Reply::SeveralOpen);
+                    return Ok(());
+                }
+            },
+        };
+        let outcome = self
+            .answer(
+                conn,
+                &request.confirmation_id,
+                Answer {
+                    approve,
+                    pin,
+                    channel,
+                },
+            )
+            .await?;
+        self.reply_to_outcome(channel, from, language, &request.code, &outcome, replies);
+        Ok(())
+    }
+
+    fn reply_to_outcome(
+        &self,
+        channel: ChannelName,
+        from: &str,
+        language: Language,
+        code: &str,
+        outcome: &AnswerOutcome,
+        replies: &mut Effects,
+    ) {
+        let reply = match outcome {
+            // The receipt and the retailer's messages say all there is to say.
+            AnswerOutcome::Approved
+            | AnswerOutcome::InsufficientCredit
+            | AnswerOutcome::PinTriesExceeded => None,
+            AnswerOutcome::Declined => Some(Reply::Declined { code }),
+            AnswerOutcome::PinRequired { .. } => Some(Reply::PinRequired { code }),
+            AnswerOutcome::WrongPin { tries_left } => Some(Reply::WrongPin {
+                code,
+                tries_left: *tries_left,
+            }),
+            AnswerOutcome::LockedOut { until_ms } => Some(Reply::LockedOut {
+                until: format_ms(*until_ms),
+            }),
+            AnswerOutcome::NotPending { .. } => Some(Reply::AlreadyAnswered { code }),
+            AnswerOutcome::Expired => Some(Reply::Expired { code }),
+        };
+        if let Some(reply) = reply {
+            replies.reply(channel, from, language, None, reply);
+        }
+    }
+
+    /// `PAY <code> [amount] [PIN]`: binds a point-of-sale process to the sender and releases.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay(
+        &self,
+        conn: &mut AnyConnection,
+        channel: ChannelName,
+        from: &str,
+        code: &str,
+        amount: Option<&str>,
+        pin: Option<String>,
+        replies: &mut Effects,
+    ) -> Result<(), EngineError> {
+        let Some(customer) = self.sender(conn, from).await? else {
+            replies.reply(channel, from, Language::En, None, Reply::Help);
+            return Ok(());
+        };
+        let language = customer.language();
+        let no_such_code = |replies: &mut Effects| {
+            replies.reply(channel, from, language, None, Reply::NoSuchCode { code });
+        };
+        let Ok(code) = ProcessCode::parse(code) else {
+            no_such_code(replies);
+            return Ok(());
+        };
+        let process_id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM processes WHERE code = $1 AND status = 'awaiting_confirmation' \
+             AND customer_id IS NULL",
+        )
+        .bind(code.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let process = match process_id {
+            Some(process_id) => rows::lock_process(conn, &process_id).await?,
+            None => None,
+        };
+        let Some(process) = process.filter(|process| process.customer_id.is_none()) else {
+            no_such_code(replies);
+            return Ok(());
+        };
+        let currency = process.currency();
+        let release = match amount {
+            None => process.release_requested,
+            Some(text) => match currency.parse_amount(text, self.settings.limits.max_amount) {
+                Ok(release) => release,
+                Err(error) => {
+                    let reason = error.to_string();
+                    replies.reply(
+                        channel,
+                        from,
+                        language,
+                        None,
+                        Reply::BadAmount { reason: &reason },
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        let now_ms = self.now_ms();
+        sqlx::query(
+            "UPDATE processes SET customer_id = $1, release_requested = $2, channel = $3, updated_at_ms = $4 \
+             WHERE id = $5 AND customer_id IS NULL",
+        )
+        .bind(&customer.id)
+        .bind(release)
+        .bind(channel.as_str())
+        .bind(now_ms)
+        .bind(&process.id)
+        .execute(&mut *conn)
+        .await?;
+        // The PAY message is both the request and its answer: a request is recorded, so a
+        // wrong PIN can be retried with `YES <code> <PIN>`, and answered at once.
+        let confirmation_id = self
+            .insert_confirmation(
+                conn,
+                &process.id,
+                (ConfirmationKind::Initial, release),
+                None,
+                &random_secret(),
+                now_ms,
+            )
+            .await?;
+        let outcome = self
+            .answer(
+                conn,
+                &confirmation_id,
+                Answer {
+                    approve: true,
+                    pin,
+                    channel,
+                },
+            )
+            .await?;
+        self.reply_to_outcome(channel, from, language, code.as_str(), &outcome, replies);
+        Ok(())
+    }
+
+    /// `BAL`: the sender's credit and holds per currency.
+    async fn balance(
+        &self,
+        conn: &mut AnyConnection,
+        channel: ChannelName,
+        from: &str,
+        replies: &mut Effects,
+    ) -> Result<(), EngineError> {
+        let Some(customer) = self.sender(conn, from).await? else {
+            replies.reply(channel, from, Language::En, None, Reply::Help);
+            return Ok(());
+        };
+        let summary = self.customer_summary(conn, &customer.id).await?;
+        let balances: Vec<String> = summary
+            .balances
+            .iter()
+            .map(|balance| {
+                format!(
+                    "{} {} ({} {})",
+                    balance.credit, balance.currency, balance.held, balance.currency
+                )
+            })
+            .collect();
+        let balances = if balances.is_empty() {
+            "0".to_string()
+        } else {
+            balances.join(", ")
+        };
+        replies.reply(
+            channel,
+            from,
+            customer.language(),
+            None,
+            Reply::Balance {
+                balances: &balances,
+            },
+        );
+        Ok(())
+    }
+
+    /// Keeps a delivery receipt; the outbox's view joins it to the message by its ids.
+    async fn record_receipt(
+        &self,
+        conn: &mut AnyConnection,
+        channel: ChannelName,
+        remote_id: &str,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<(), EngineError> {
+        sqlx::query(
+            "INSERT INTO delivery_receipts (channel, remote_id, state, error, received_at_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, remote_id) DO UPDATE \
+             SET state = excluded.state, error = excluded.error, received_at_ms = excluded.received_at_ms",
+        )
+        .bind(channel.as_str())
+        .bind(remote_id)
+        .bind(state)
+        .bind(error)
+        .bind(self.now_ms())
+        .execute(&mut *conn)
+        .await?;
+        tracing::info!(channel = %channel, remote_id, state, "Delivery receipt");
+        Ok(())
+    }
+}
+
+// Keeps the message kind of replies in one place.
+pub(super) const REPLY_KIND: MessageKind = MessageKind::Notice;
