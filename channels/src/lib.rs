@@ -6,11 +6,13 @@
 //! [`InboundSink`]. Everything else about a wire protocol stays inside its adapter folder.
 
 pub mod console;
-pub mod sms;
 mod message;
+pub mod sms;
 pub mod webhook;
 
-pub use message::{ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage};
+pub use message::{
+    ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage,
+};
 
 use async_trait::async_trait;
 
