@@ -55,13 +55,15 @@ impl Dispatcher {
     /// Claims the oldest due message and delivers it.
     pub async fn try_execute_one(&self) -> Result<ExecutionOutcome, StoreError> {
         let now_ms = self.clock.now_ms();
-        // A message waits while an earlier one of the same process to the same address is
-        // still queued, so each recipient sees a process's messages in order even when one
-        // of them needs retries.
+        // A message waits while an earlier one of the same process (or, for messages of no
+        // process such as replies, an earlier one of no process) to the same address is still
+        // queued, so each recipient sees them in order even when one needs retries.
         let candidates: Vec<i64> = sqlx::query_scalar(
             "SELECT o.position FROM outbox o WHERE o.status = 'queued' AND o.next_attempt_at_ms <= $1 \
              AND NOT EXISTS (SELECT 1 FROM outbox earlier WHERE earlier.status = 'queued' \
-               AND earlier.process_id = o.process_id AND earlier.channel = o.channel \
+               AND (earlier.process_id = o.process_id \
+                    OR (earlier.process_id IS NULL AND o.process_id IS NULL)) \
+               AND earlier.channel = o.channel \
                AND earlier.to_address = o.to_address AND earlier.position < o.position) \
              ORDER BY o.position LIMIT $2",
         )

@@ -14,5 +14,6 @@ mod expiry;
 mod idempotency;
 mod operations;
 mod routing;
+mod sms_replies;
 mod validation;
 mod webhooks;
