@@ -73,12 +73,21 @@ async fn an_idle_process_expires_and_returns_the_unused_release(db: Db) {
     assert_eq!(process["returned"], "15.00");
     assert_eq!(process["remaining"], "0.00");
     assert_eq!(app.credit(&customer_id).await, "45.00");
-    let notices = app
-        .wait_for_messages(2, |m| {
-            m["kind"] == "notice" && m["process_id"] == process_id
+    let customer_notice = app
+        .wait_for_messages(1, |m| {
+            m["kind"] == "notice" && m["process_id"] == process_id && m["to"] == "+491721000002"
         })
-        .await;
-    assert!(notices.iter().any(|m| m["to"] == "+491721000002"));
+        .await
+        .remove(0);
+    assert!(customer_notice["text"]
+        .as_str()
+        .unwrap()
+        .contains("returned 15.00 EUR"));
+    let events = app.events(&retailer).await;
+    assert!(
+        events.iter().all(|e| e["type"] != "process.expiring"),
+        "no notice for a 60 s period"
+    );
     let step = app.step(&retailer, &process_id, "1.00").await;
     assert_eq!(step.body["error"]["code"], "process_not_active");
     app.assert_ledger_holds().await;
