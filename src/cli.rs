@@ -11,10 +11,10 @@ use serde_json::json;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{LogFormat, Settings};
 use crate::domain::Currency;
-use crate::engine::{ChannelAvailability, Engine};
+use crate::engine::Engine;
 use crate::http::admin::{CreateCustomerBody, CreateRetailerBody};
 use crate::outbox::dead_letters::{self, RequeueOutcome};
-use crate::startup::{build_channels, Application};
+use crate::startup::{build_channels, configured_channels, Application};
 use crate::store::Store;
 
 #[derive(Parser)]
@@ -182,13 +182,33 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
+/// How long `check-config` waits for SMSC links to bind.
+const CHECK_BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `check-config` is no place to handle customers' messages: refusing them makes the peer
+/// deliver them again, to the daemon.
+struct RefuseInbound;
+
+#[async_trait::async_trait]
+impl paystep_channels::InboundSink for RefuseInbound {
+    async fn receive(
+        &self,
+        _message: paystep_channels::InboundMessage,
+    ) -> Result<(), paystep_channels::InboundError> {
+        Err(paystep_channels::InboundError(
+            "check-config takes no messages".into(),
+        ))
+    }
+}
+
 async fn offline_engine(settings: Settings) -> anyhow::Result<Engine> {
     let store = Store::connect(&settings.database).await?;
     if settings.database.migrate_on_start {
         store.migrate().await?;
     }
-    let channels = build_channels(&settings)?;
-    let availability = ChannelAvailability::new(channels.keys().copied().collect());
+    // Operator commands start no channel (a deposit must not bind to a carrier); the
+    // messages they cause wait in the outbox for the daemon.
+    let availability = configured_channels(&settings);
     Ok(Engine::new(
         store,
         Arc::new(settings),
@@ -218,10 +238,17 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let channels = build_channels(&settings)?;
+            let channels = build_channels(&settings, Arc::new(RefuseInbound))?;
+            // Links bind in the background: give them a bounded moment before judging.
+            let deadline = tokio::time::Instant::now() + CHECK_BIND_WAIT;
             let mut healthy = true;
-            for (name, channel) in &channels {
-                match channel.health_check().await {
+            for (name, channel) in &channels.adapters {
+                let mut result = channel.health_check().await;
+                while result.is_err() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    result = channel.health_check().await;
+                }
+                match result {
                     Ok(()) => println!("channel {name}: ok"),
                     Err(error) => {
                         healthy = false;
@@ -229,6 +256,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                     }
                 }
             }
+            channels.shutdown().await;
             let store = Store::connect(&settings.database).await?;
             store.ping().await?;
             println!("database: ok");

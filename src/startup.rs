@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paystep_channels::console::{ConsoleChannel, ConsoleTarget};
+use paystep_channels::sms::{BindMode, SmsChannel, SmsSettings, SmscSettings};
 use paystep_channels::webhook::{WebhookChannel, WebhookSettings};
-use paystep_channels::{Channel, ChannelName};
+use paystep_channels::{Channel, ChannelName, InboundSink};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
-use crate::engine::{ChannelAvailability, Engine};
+use crate::engine::{ChannelAvailability, CoreInbound, Engine};
 use crate::http::{router, AppState};
 use crate::outbox::Dispatcher;
 use crate::store::Store;
@@ -21,17 +22,48 @@ use crate::store::Store;
 pub struct Application {
     listener: TcpListener,
     engine: Arc<Engine>,
-    channels: HashMap<ChannelName, Arc<dyn Channel>>,
+    channels: Channels,
 }
 
-/// Builds every configured channel adapter.
+/// The running channel adapters, and the SMS links to unbind on the way out.
+pub struct Channels {
+    pub adapters: HashMap<ChannelName, Arc<dyn Channel>>,
+    pub sms: Option<Arc<SmsChannel>>,
+}
+
+impl Channels {
+    pub async fn shutdown(&self) {
+        if let Some(sms) = &self.sms {
+            sms.shutdown().await;
+        }
+    }
+}
+
+/// The channels the configuration turns on, known without starting any of them.
+pub fn configured_channels(settings: &Settings) -> ChannelAvailability {
+    let mut names = Vec::new();
+    if settings.channels.console.enabled {
+        names.push(ChannelName::Console);
+    }
+    if settings.channels.webhook.enabled {
+        names.push(ChannelName::Webhook);
+    }
+    if settings.channels.sms.is_some() {
+        names.push(ChannelName::Sms);
+    }
+    ChannelAvailability::new(names)
+}
+
+/// Starts every configured channel adapter; SMS links begin to bind in the background and
+/// hand what they receive to `inbound`.
 pub fn build_channels(
     settings: &Settings,
-) -> anyhow::Result<HashMap<ChannelName, Arc<dyn Channel>>> {
-    let mut channels: HashMap<ChannelName, Arc<dyn Channel>> = HashMap::new();
+    inbound: Arc<dyn InboundSink>,
+) -> anyhow::Result<Channels> {
+    let mut adapters: HashMap<ChannelName, Arc<dyn Channel>> = HashMap::new();
     if settings.channels.console.enabled {
         let target = ConsoleTarget::parse(&settings.channels.console.path);
-        channels.insert(ChannelName::Console, Arc::new(ConsoleChannel::new(target)));
+        adapters.insert(ChannelName::Console, Arc::new(ConsoleChannel::new(target)));
     }
     let webhook = &settings.channels.webhook;
     if webhook.enabled {
@@ -40,22 +72,65 @@ pub fn build_channels(
             connect_timeout_ms: webhook.connect_timeout_ms,
             response_body_max_bytes: webhook.response_body_max_bytes,
         })?;
-        channels.insert(ChannelName::Webhook, Arc::new(adapter));
+        adapters.insert(ChannelName::Webhook, Arc::new(adapter));
     }
-    Ok(channels)
+    let sms = match &settings.channels.sms {
+        Some(sms) => {
+            let channel = Arc::new(SmsChannel::start(sms_settings(sms), inbound)?);
+            adapters.insert(ChannelName::Sms, channel.clone());
+            Some(channel)
+        }
+        None => None,
+    };
+    Ok(Channels { adapters, sms })
+}
+
+fn sms_settings(config: &crate::config::SmsSettings) -> SmsSettings {
+    SmsSettings {
+        source_addr: config.source_addr.clone(),
+        source_addr_ton: config.source_addr_ton,
+        source_addr_npi: config.source_addr_npi,
+        registered_delivery: config.registered_delivery,
+        smscs: config
+            .smsc
+            .iter()
+            .map(|smsc| SmscSettings {
+                name: smsc.name.clone(),
+                host: smsc.host.clone(),
+                port: smsc.port,
+                tls: smsc.tls,
+                system_id: smsc.system_id.clone(),
+                password: smsc.password.clone(),
+                system_type: smsc.system_type.clone(),
+                bind: if smsc.bind == "transmitter_receiver" {
+                    BindMode::TransmitterReceiver
+                } else {
+                    BindMode::Transceiver
+                },
+                window: smsc.window,
+                throughput_per_s: smsc.throughput_per_s,
+                enquire_link_interval_ms: smsc.enquire_link_interval_ms,
+                response_timeout_ms: smsc.response_timeout_ms,
+                reconnect_backoff_min_ms: smsc.reconnect_backoff_min_ms,
+                reconnect_backoff_max_ms: smsc.reconnect_backoff_max_ms,
+            })
+            .collect(),
+    }
 }
 
 impl Application {
-    /// Connects, migrates when configured, and binds the listener (port 0 picks a free one).
+    /// Connects, migrates when configured, binds the listener (port 0 picks a free one), and
+    /// starts the channels.
     pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Application> {
         let store = Store::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
             store.migrate().await?;
         }
         let listener = TcpListener::bind(settings.http.listen).await?;
-        let channels = build_channels(&settings)?;
-        let availability = ChannelAvailability::new(channels.keys().copied().collect());
-        let engine = Arc::new(Engine::new(store, Arc::new(settings), clock, availability));
+        let availability = configured_channels(&settings);
+        let settings = Arc::new(settings);
+        let engine = Arc::new(Engine::new(store, settings.clone(), clock, availability));
+        let channels = build_channels(&settings, Arc::new(CoreInbound(engine.clone())))?;
         Ok(Application {
             listener,
             engine,
@@ -78,9 +153,10 @@ impl Application {
         let engine = self.engine.clone();
         let settings = engine.settings.clone();
         let address = self.local_addr();
+        let channels = self.channels;
         let dispatcher = Dispatcher::new(
             engine.store.clone(),
-            self.channels,
+            channels.adapters.clone(),
             settings.outbox.clone(),
             engine.clock.clone(),
         );
@@ -100,6 +176,7 @@ impl Application {
         .await?;
         let _ = dispatcher_task.await;
         let _ = sweeper_task.await;
+        channels.shutdown().await;
         engine.store.close().await;
         tracing::info!("paystep stopped");
         Ok(())

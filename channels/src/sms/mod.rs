@@ -2,7 +2,30 @@
 //! submits outbound messages, and turns `deliver_sm` into domain messages (MO texts parsed
 //! with `grammar`, delivery receipts).
 
+mod encoding;
 pub mod grammar;
+mod inbound;
+mod link;
+mod status;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusmpp::pdus::SubmitSm;
+use rusmpp::types::{COctetString, OctetString};
+use rusmpp::values::{
+    DataCoding, EsmClass, Npi, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType, Ton,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{Channel, ChannelName, Delivery, HealthError, InboundSink, OutboundMessage, SendError};
+use link::{Link, Phase, SubmitFailure};
+
+pub use link::{THROTTLE_PAUSE, THROTTLE_RETRIES_MAX};
 
 /// The whole channel's settings.
 #[derive(Debug, Clone)]
@@ -58,5 +81,304 @@ impl std::fmt::Debug for SmscSettings {
             .field("window", &self.window)
             .field("throughput_per_s", &self.throughput_per_s)
             .finish_non_exhaustive()
+    }
+}
+
+/// TON and NPI of every destination: international, ISDN (E.164).
+const DESTINATION_TON: u8 = 0x01;
+const DESTINATION_NPI: u8 = 0x01;
+/// registered_delivery asking for a receipt on final delivery, success or failure.
+const REGISTERED_DELIVERY_FINAL: u8 = 0x01;
+/// The longest address SMPP 3.4 carries in source_addr and destination_addr.
+const ADDRESS_LENGTH_MAX: usize = 20;
+/// How long `shutdown` waits for each link to unbind and close.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the SMS channel cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SmsSetupError {
+    #[error("the SMS channel has no SMSC")]
+    NoSmsc,
+    #[error("source_addr {0:?} must be 1 to 20 ASCII characters")]
+    SourceAddr(String),
+    #[error("SMSC {smsc:?}: {reason}")]
+    Smsc { smsc: String, reason: String },
+    #[error("the SMS channel must be started inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// The SMS channel: one supervised SMPP link per SMSC, submits spread over the bound ones.
+pub struct SmsChannel {
+    settings: SmsSettings,
+    links: Vec<Arc<Link>>,
+    next_link: AtomicUsize,
+    next_reference: AtomicU8,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl SmsChannel {
+    /// Starts one task per SMSC that connects, binds and stays bound until
+    /// [`SmsChannel::shutdown`]. Returns at once: links bind in the background, and sends
+    /// fail retriably until one is bound. Received messages go to `inbound`.
+    pub fn start(
+        settings: SmsSettings,
+        inbound: Arc<dyn InboundSink>,
+    ) -> Result<SmsChannel, SmsSetupError> {
+        validate(&settings)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SmsSetupError::NoRuntime)?;
+        let (shutdown, shutdown_receiver) = watch::channel(false);
+        let links: Vec<Arc<Link>> = settings
+            .smscs
+            .iter()
+            .map(|smsc| Arc::new(Link::new(smsc.clone())))
+            .collect();
+        let tasks = links
+            .iter()
+            .map(|link| {
+                runtime.spawn(Arc::clone(link).run(Arc::clone(&inbound), shutdown_receiver.clone()))
+            })
+            .collect();
+        Ok(SmsChannel {
+            settings,
+            links,
+            next_link: AtomicUsize::new(0),
+            // Concatenation references only need to differ between a handset's recent
+            // messages; a process-specific start keeps a restart from reusing the last ones.
+            next_reference: AtomicU8::new(std::process::id() as u8),
+            shutdown,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Unbinds every link and waits (bounded) for them to close. Sends fail retriably after.
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for task in tasks {
+            if tokio::time::timeout(SHUTDOWN_WAIT, task).await.is_err() {
+                tracing::warn!(
+                    wait_s = SHUTDOWN_WAIT.as_secs(),
+                    "An SMSC link did not stop in time; it is left to the runtime."
+                );
+            }
+        }
+    }
+
+    /// The bound link with the most free room in its window; ties go round robin.
+    fn pick_link(&self) -> Option<&Arc<Link>> {
+        let count = self.links.len();
+        let start = self.next_link.fetch_add(1, Ordering::Relaxed) % count;
+        let mut best: Option<(&Arc<Link>, usize)> = None;
+        for offset in 0..count {
+            let link = &self.links[(start + offset) % count];
+            if !link.is_bound() {
+                continue;
+            }
+            let free = link.free_window();
+            if best.is_none_or(|(_, best_free)| free > best_free) {
+                best = Some((link, free));
+            }
+        }
+        best.map(|(link, _)| link)
+    }
+
+    fn submit_sm(&self, destination: &COctetString<1, 21>, data_coding: u8) -> SubmitSm {
+        let settings = &self.settings;
+        let registered_delivery = if settings.registered_delivery {
+            REGISTERED_DELIVERY_FINAL
+        } else {
+            0
+        };
+        SubmitSm::builder()
+            .service_type(ServiceType::default())
+            .source_addr_ton(Ton::from(settings.source_addr_ton))
+            .source_addr_npi(Npi::from(settings.source_addr_npi))
+            .source_addr(
+                COctetString::from_str(&settings.source_addr)
+                    .expect("start() checked source_addr"),
+            )
+            .dest_addr_ton(Ton::from(DESTINATION_TON))
+            .dest_addr_npi(Npi::from(DESTINATION_NPI))
+            .destination_addr(destination.clone())
+            .registered_delivery(RegisteredDelivery::from(registered_delivery))
+            .replace_if_present_flag(ReplaceIfPresentFlag::default())
+            .data_coding(DataCoding::from(data_coding))
+            .build()
+    }
+}
+
+impl Drop for SmsChannel {
+    fn drop(&mut self) {
+        // Links notice and unbind on their own; nobody is left to wait for them.
+        self.shutdown.send_replace(true);
+    }
+}
+
+fn validate(settings: &SmsSettings) -> Result<(), SmsSetupError> {
+    if settings.smscs.is_empty() {
+        return Err(SmsSetupError::NoSmsc);
+    }
+    if settings.source_addr.is_empty()
+        || settings.source_addr.len() > ADDRESS_LENGTH_MAX
+        || COctetString::<1, 21>::from_str(&settings.source_addr).is_err()
+    {
+        return Err(SmsSetupError::SourceAddr(settings.source_addr.clone()));
+    }
+    for smsc in &settings.smscs {
+        let invalid = |reason: &str| SmsSetupError::Smsc {
+            smsc: smsc.name.clone(),
+            reason: reason.to_string(),
+        };
+        if smsc.host.is_empty() {
+            return Err(invalid("host must not be empty"));
+        }
+        if smsc.window == 0 {
+            return Err(invalid("window must be at least 1"));
+        }
+        if smsc.throughput_per_s == 0 {
+            return Err(invalid("throughput_per_s must be at least 1"));
+        }
+        if smsc.response_timeout_ms == 0 || smsc.enquire_link_interval_ms == 0 {
+            return Err(invalid(
+                "response_timeout_ms and enquire_link_interval_ms must be positive",
+            ));
+        }
+        if smsc.reconnect_backoff_min_ms == 0
+            || smsc.reconnect_backoff_min_ms > smsc.reconnect_backoff_max_ms
+        {
+            return Err(invalid(
+                "reconnect_backoff_min_ms must be positive and at most reconnect_backoff_max_ms",
+            ));
+        }
+        link::check_credentials(smsc).map_err(|reason| invalid(&reason))?;
+    }
+    Ok(())
+}
+
+/// The destination as SMPP wants it: the E.164 digits without `+`.
+fn destination_address(to: &str) -> Result<COctetString<1, 21>, String> {
+    let digits = to.strip_prefix('+').unwrap_or(to);
+    let valid = !digits.is_empty()
+        && digits.len() <= ADDRESS_LENGTH_MAX
+        && digits.bytes().all(|byte| byte.is_ascii_digit());
+    if !valid {
+        return Err(format!("{to:?} is not an international MSISDN"));
+    }
+    COctetString::from_str(digits).map_err(|error| format!("{to:?}: {error}"))
+}
+
+#[async_trait]
+impl Channel for SmsChannel {
+    fn name(&self) -> ChannelName {
+        ChannelName::Sms
+    }
+
+    /// Submits every part of the text over one bound link and returns the SMSC's ids of
+    /// the parts, first part first, joined by commas.
+    async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
+        let destination = destination_address(&message.to).map_err(SendError::Permanent)?;
+        let reference = self.next_reference.fetch_add(1, Ordering::Relaxed);
+        let segmented = encoding::segment(&message.text, reference)
+            .map_err(|error| SendError::Permanent(error.to_string()))?;
+        let link = self
+            .pick_link()
+            .ok_or_else(|| SendError::Retriable("no SMSC link is bound".into()))?;
+        let template = self.submit_sm(&destination, segmented.data_coding);
+        let parts = segmented.segments.len();
+        let mut ids = Vec::with_capacity(parts);
+        for (index, segment) in segmented.segments.into_iter().enumerate() {
+            let short_message = OctetString::from_vec(segment.short_message)
+                .map_err(|error| SendError::Permanent(format!("short_message: {error}")))?;
+            let mut submit_sm = template.clone().with_short_message(short_message);
+            // Explicit: EsmClass::default() is 0x08 in rusmpp 0.4.0.
+            submit_sm.esm_class = EsmClass::from(segment.esm_class);
+            match link.submit(submit_sm).await {
+                Ok(id) => ids.push(id),
+                Err(failure) => {
+                    let part = if parts > 1 {
+                        format!(" (part {} of {parts})", index + 1)
+                    } else {
+                        String::new()
+                    };
+                    return Err(match failure {
+                        SubmitFailure::Retriable(reason) => {
+                            SendError::Retriable(format!("SMSC {}{part}: {reason}", link.name()))
+                        }
+                        SubmitFailure::Permanent(reason) => {
+                            SendError::Permanent(format!("SMSC {}{part}: {reason}", link.name()))
+                        }
+                    });
+                }
+            }
+        }
+        tracing::debug!(
+            message_id = %message.id,
+            smsc = %link.name(),
+            parts,
+            remote_ids = %ids.join(","),
+            "Submitted an SMS."
+        );
+        Ok(Delivery {
+            remote_id: Some(ids.join(",")),
+        })
+    }
+
+    /// Healthy while at least one link is bound.
+    async fn health_check(&self) -> Result<(), HealthError> {
+        if self.links.iter().any(|link| link.is_bound()) {
+            return Ok(());
+        }
+        let links: Vec<String> = self
+            .links
+            .iter()
+            .map(|link| {
+                let (phase, last_error) = link.status();
+                let phase = match phase {
+                    Phase::Connecting => "connecting",
+                    Phase::Bound => "bound",
+                    Phase::Backoff => "waiting to reconnect",
+                    Phase::Stopped => "stopped",
+                };
+                match last_error {
+                    Some(error) => format!("{}: {phase}, last error: {error}", link.name()),
+                    None => format!("{}: {phase}", link.name()),
+                }
+            })
+            .collect();
+        Err(HealthError {
+            channel: ChannelName::Sms,
+            reason: format!("no SMSC link is bound ({})", links.join("; ")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esm_class_and_registered_delivery_encode_as_given() {
+        for value in [0x00, 0x40, 0x04] {
+            assert_eq!(u8::from(EsmClass::from(value)), value);
+        }
+        assert_eq!(u8::from(RegisteredDelivery::from(0x01)), 0x01);
+        assert_eq!(u8::from(DataCoding::from(0x08)), 0x08);
+    }
+
+    #[test]
+    fn destinations_are_msisdns_without_the_plus() {
+        assert_eq!(
+            destination_address("+491701234567").unwrap().as_str(),
+            "491701234567"
+        );
+        assert!(destination_address("+49 170").is_err());
+        assert!(destination_address("+").is_err());
+        assert!(destination_address(&format!("+{}", "1".repeat(21))).is_err());
     }
 }
