@@ -48,6 +48,13 @@ python3 -c 'import standardwebhooks' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
 python3 -c 'import standardwebhooks; print("standardwebhooks", standardwebhooks.__name__, "ready")'
 
+say "Test SMSC (npm smpp@0.5.1, from tests/peers/smsc/package-lock.json)"
+if [ ! -d tests/peers/smsc/node_modules/smpp ]; then
+    (cd tests/peers/smsc && npm ci --no-audit --no-fund --silent)
+fi
+node --version
+node -e 'require("./tests/peers/smsc/node_modules/smpp"); console.log("smpp ready")'
+
 say "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
