@@ -14,6 +14,7 @@ mod expiry;
 mod idempotency;
 mod operations;
 mod routing;
+mod sms;
 mod sms_replies;
 mod validation;
 mod webhooks;
