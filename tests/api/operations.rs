@@ -316,3 +316,39 @@ async fn processes_and_events_are_listed_in_pages(db: Db) {
     let empty = app.get(&retailer, "/v1/events?after=5").await;
     assert_eq!(empty.body["next_after"], 5);
 }
+
+#[tokio::test]
+async fn the_example_configuration_loads() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    let settings = paystep::config::Settings::load(Some(std::path::Path::new(example)))
+        .expect("config/example.toml is valid");
+    let sms = settings.channels.sms.expect("the example configures SMS");
+    assert_eq!(sms.smsc.len(), 2);
+    assert_eq!(sms.smsc[1].bind, "transmitter_receiver");
+    assert_eq!(
+        sms.smsc[1].window, 10,
+        "defaults fill what the file leaves out"
+    );
+}
+
+#[tokio::test]
+async fn bad_sms_settings_fail_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sms.toml");
+    std::fs::write(
+        &file,
+        "[channels.sms]\nsource_addr = \"12345\"\n[[channels.sms.smsc]]\nname = \"a\"\nhost = \"x\"\n\
+         port = 2775\nsystem_id = \"paystep\"\npassword = \"much-too-long\"\nbind = \"sideways\"\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
+        .args(["migrate", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("channels.sms.smsc[0].password"), "{stderr}");
+    assert!(stderr.contains("channels.sms.smsc[0].bind"), "{stderr}");
+}
