@@ -17,7 +17,7 @@ use crate::on_both_databases;
 const SMSC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smsc/smsc.js");
 
 pub struct Smsc {
-    _child: Child,
+    child: Child,
     pub smpp_port: u16,
     http_port: u16,
     client: reqwest::Client,
@@ -25,9 +25,21 @@ pub struct Smsc {
 
 impl Smsc {
     pub async fn start(dir: &Path) -> Smsc {
+        Smsc::start_on(dir, 0, 0).await
+    }
+
+    /// Starts on the given ports (0 picks free ones), recording submits in `dir`, where a
+    /// restarted SMSC keeps appending.
+    pub async fn start_on(dir: &Path, smpp_port: u16, http_port: u16) -> Smsc {
         let mut child = Command::new("node")
             .arg(SMSC)
-            .args(["--smpp-port", "0", "--http-port", "0", "--record"])
+            .args([
+                "--smpp-port",
+                &smpp_port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+            ])
+            .arg("--record")
             .arg(dir.join("submits.jsonl"))
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -42,11 +54,15 @@ impl Smsc {
             .expect("the test SMSC says where it listens");
         let listening: Value = serde_json::from_str(&first).unwrap();
         Smsc {
-            _child: child,
+            child,
             smpp_port: listening["smpp_port"].as_u64().unwrap() as u16,
             http_port: listening["http_port"].as_u64().unwrap() as u16,
             client: reqwest::Client::new(),
         }
+    }
+
+    pub async fn sigkill(mut self) {
+        self.child.kill().await.unwrap();
     }
 
     fn url(&self, path: &str) -> String {
@@ -196,6 +212,7 @@ async fn sms_retailer(app: &TestApp) -> Retailer {
 on_both_databases!(
     a_whole_process_runs_by_sms_with_delivery_receipts,
     pay_at_the_till_by_sms_works_from_a_known_number_only,
+    five_hundred_messages_survive_an_smsc_killed_mid_burst,
 );
 
 async fn a_whole_process_runs_by_sms_with_delivery_receipts(db: Db) {
@@ -354,5 +371,117 @@ async fn pay_at_the_till_by_sms_works_from_a_known_number_only(db: Db) {
         to_stranger, 1,
         "the stranger got the help text and nothing else"
     );
+    app.assert_ledger_holds().await;
+}
+
+/// Every line the SMSC recorded, across its restarts.
+fn recorded(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("submits.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+async fn five_hundred_messages_survive_an_smsc_killed_mid_burst(db: Db) {
+    const PROCESSES: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let (smpp_port, http_port) = (crate::daemon::free_port(), crate::daemon::free_port());
+    let smsc = Smsc::start_on(dir.path(), smpp_port, http_port).await;
+    let app = spawn_app_with(db, |settings| {
+        settings.channels.sms = Some(sms_settings(smpp_port));
+        settings.outbox.retry_base_ms = 50;
+        settings.outbox.retry_max_ms = 500;
+    })
+    .await;
+    smsc.wait_for_bind().await;
+    let retailer = sms_retailer(&app).await;
+    app.create_customer("+491821000003", "1000.00").await;
+    // An MO before the kill is taken: its effects are committed before it is acknowledged.
+    let first = app
+        .open_process(&retailer, eur_process("+491821000003", "1.00"))
+        .await;
+    let first_code = first["code"].as_str().unwrap().to_string();
+    assert_eq!(
+        smsc.mo("+491821000003", &format!("YES {first_code} {PIN}"))
+            .await,
+        0
+    );
+
+    // Each process sends two SMS: the retailer's identifier notification and the customer's
+    // request. The SMSC dies a third of the way in and comes back a second later.
+    let mut codes = vec![];
+    let mut smsc = Some(smsc);
+    for index in 0..PROCESSES {
+        if index == PROCESSES / 3 {
+            smsc.take().unwrap().sigkill().await;
+        }
+        if index == PROCESSES / 3 + 40 {
+            smsc = Some(Smsc::start_on(dir.path(), smpp_port, http_port).await);
+        }
+        let process = app
+            .open_process(&retailer, eur_process("+491821000003", "1.00"))
+            .await;
+        codes.push(process["code"].as_str().unwrap().to_string());
+    }
+    let smsc = smsc.unwrap();
+    let expected = 2 * PROCESSES;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = recorded(dir.path());
+        let arrived = codes
+            .iter()
+            .filter(|code| {
+                let to = |destination: &str| {
+                    lines.iter().any(|s| {
+                        s["destination_addr"] == destination
+                            && s["text"].as_str().unwrap_or("").contains(code.as_str())
+                    })
+                };
+                to("491821000099") && to("491821000003")
+            })
+            .count();
+        if arrived == PROCESSES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{arrived} of {PROCESSES} processes' messages were submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lines = recorded(dir.path());
+    for code in &codes {
+        for destination in ["491821000099", "491821000003"] {
+            let copies = lines
+                .iter()
+                .filter(|s| {
+                    s["destination_addr"] == destination
+                        && s["text"].as_str().unwrap_or("").contains(code.as_str())
+                })
+                .count();
+            assert_eq!(
+                copies, 1,
+                "the message with code {code} to {destination} was submitted {copies} times"
+            );
+        }
+    }
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter_map(|s| s["message_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        lines.len(),
+        "the SMSC gave every submit its own id"
+    );
+    assert!(lines.len() >= expected);
+    assert_eq!(
+        app.process(&retailer, first["id"].as_str().unwrap()).await["status"],
+        "active"
+    );
+    // After the restart, MOs flow again.
+    let last = codes.last().unwrap();
+    assert_eq!(smsc.mo("+491821000003", &format!("NO {last}")).await, 0);
     app.assert_ledger_holds().await;
 }
