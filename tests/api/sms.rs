@@ -31,8 +31,13 @@ impl Smsc {
     /// Starts on the given ports (0 picks free ones), recording submits in `dir`, where a
     /// restarted SMSC keeps appending.
     pub async fn start_on(dir: &Path, smpp_port: u16, http_port: u16) -> Smsc {
+        Smsc::start_with(dir, smpp_port, http_port, &[]).await
+    }
+
+    pub async fn start_with(dir: &Path, smpp_port: u16, http_port: u16, extra: &[&str]) -> Smsc {
         let mut child = Command::new("node")
             .arg(SMSC)
+            .args(extra)
             .args([
                 "--smpp-port",
                 &smpp_port.to_string(),
@@ -59,6 +64,33 @@ impl Smsc {
             http_port: listening["http_port"].as_u64().unwrap() as u16,
             client: reqwest::Client::new(),
         }
+    }
+
+    pub async fn control(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.client
+            .get(self.url("/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     pub async fn sigkill(mut self) {
@@ -213,6 +245,7 @@ on_both_databases!(
     a_whole_process_runs_by_sms_with_delivery_receipts,
     pay_at_the_till_by_sms_works_from_a_known_number_only,
     five_hundred_messages_survive_an_smsc_killed_mid_burst,
+    throttled_submits_still_all_go_out_within_the_window_and_the_rate,
 );
 
 async fn a_whole_process_runs_by_sms_with_delivery_receipts(db: Db) {
@@ -483,5 +516,67 @@ async fn five_hundred_messages_survive_an_smsc_killed_mid_burst(db: Db) {
     // After the restart, MOs flow again.
     let last = codes.last().unwrap();
     assert_eq!(smsc.mo("+491821000003", &format!("NO {last}")).await, 0);
+    app.assert_ledger_holds().await;
+}
+
+async fn throttled_submits_still_all_go_out_within_the_window_and_the_rate(db: Db) {
+    const PROCESSES: usize = 30;
+    const WINDOW: usize = 3;
+    const RATE_PER_S: u32 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    // Slow answers make the window matter: up to WINDOW submits wait at once.
+    let smsc = Smsc::start_with(dir.path(), 0, 0, &["--resp-delay-ms", "150"]).await;
+    let port = smsc.smpp_port;
+    let app = spawn_app_with(db, |settings| {
+        let mut sms = sms_settings(port);
+        sms.smsc[0].window = WINDOW;
+        sms.smsc[0].throughput_per_s = RATE_PER_S;
+        settings.channels.sms = Some(sms);
+        settings.outbox.retry_base_ms = 50;
+        settings.outbox.retry_max_ms = 500;
+    })
+    .await;
+    smsc.wait_for_bind().await;
+    let retailer = sms_retailer(&app).await;
+    app.create_customer("+491821000004", "1000.00").await;
+    smsc.control("/throttle", json!({"count": 10})).await;
+    let mut codes = vec![];
+    for _ in 0..PROCESSES {
+        let process = app
+            .open_process(&retailer, eur_process("+491821000004", "1.00"))
+            .await;
+        codes.push(process["code"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while recorded(dir.path()).len() < 2 * PROCESSES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} submitted",
+            recorded(dir.path()).len(),
+            2 * PROCESSES
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = recorded(dir.path());
+    for code in &codes {
+        let copies = lines
+            .iter()
+            .filter(|s| s["text"].as_str().unwrap_or("").contains(code.as_str()))
+            .count();
+        assert_eq!(
+            copies, 2,
+            "code {code}: one SMS to the retailer and one to the customer, once each"
+        );
+    }
+    let stats = smsc.stats().await;
+    assert_eq!(stats["throttled"], 10, "{stats}");
+    assert!(
+        stats["max_in_flight"].as_u64().unwrap() <= WINDOW as u64,
+        "{stats}"
+    );
+    assert!(
+        stats["max_per_second"].as_u64().unwrap() <= u64::from(RATE_PER_S),
+        "{stats}"
+    );
     app.assert_ledger_holds().await;
 }
