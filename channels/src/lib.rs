@@ -6,6 +6,7 @@
 //! [`InboundSink`]. Everything else about a wire protocol stays inside its adapter folder.
 
 pub mod console;
+pub mod email;
 mod message;
 pub mod sms;
 pub mod webhook;
