@@ -42,10 +42,14 @@ fi
 chromium --version
 chromedriver --version
 
-say "Python peers (webhook receiver)"
+say "Python peers (webhook receiver, SMTP server)"
 # The receiver verifies signatures with an independent Standard Webhooks implementation.
 python3 -c 'import standardwebhooks' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
+# The SMTP server for the email tests (STARTTLS and AUTH required).
+python3 -c 'import aiosmtpd' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 python3 -c 'import standardwebhooks; print("standardwebhooks", standardwebhooks.__name__, "ready")'
 
 say "Test SMSC (npm smpp@0.5.1, from tests/peers/smsc/package-lock.json)"

@@ -136,6 +136,58 @@ pub struct ChannelSettings {
     /// SMS over SMPP; absent means no SMS channel.
     #[serde(default)]
     pub sms: Option<SmsSettings>,
+    /// Email through an SMTP relay; absent means no email channel.
+    #[serde(default)]
+    pub email: Option<EmailSettings>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub host: String,
+    pub port: u16,
+    /// "none", "starttls" or "tls".
+    #[serde(default = "default_email_tls")]
+    pub tls: String,
+    /// An extra trust anchor (PEM file) for a relay with a private CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `Name <address>`.
+    pub from: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default = "default_email_pool_size")]
+    pub pool_size: u32,
+    #[serde(default = "default_email_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+// The password is a secret: never print it.
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_email_tls() -> String {
+    "starttls".to_string()
+}
+fn default_email_pool_size() -> u32 {
+    4
+}
+fn default_email_timeout_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -438,6 +490,50 @@ impl Settings {
             "channels.webhook.previous_secret_valid_s",
             "must not be negative",
         );
+        if let Some(email) = &self.channels.email {
+            require(
+                !email.host.is_empty(),
+                "channels.email.host",
+                "must not be empty",
+            );
+            require(
+                matches!(email.tls.as_str(), "none" | "starttls" | "tls"),
+                "channels.email.tls",
+                "must be \"none\", \"starttls\" or \"tls\"",
+            );
+            require(
+                email.username.is_some() == email.password.is_some(),
+                "channels.email.username",
+                "needs channels.email.password, and the other way round",
+            );
+            require(
+                email.from.contains('@'),
+                "channels.email.from",
+                "must be a mailbox like \"paystep <pay@example.com>\"",
+            );
+            require(
+                (1..=64).contains(&email.pool_size),
+                "channels.email.pool_size",
+                "must be between 1 and 64",
+            );
+            require(
+                (100..=120_000).contains(&email.timeout_ms),
+                "channels.email.timeout_ms",
+                "must be between 100 and 120000",
+            );
+            require(
+                self.outbox.claim_lease_ms > i64::try_from(email.timeout_ms).unwrap_or(i64::MAX),
+                "outbox.claim_lease_ms",
+                "must be longer than channels.email.timeout_ms",
+            );
+            if let Some(ca_file) = &email.ca_file {
+                require(
+                    ca_file.is_file(),
+                    "channels.email.ca_file",
+                    "must be a readable PEM file",
+                );
+            }
+        }
         if let Some(sms) = &self.channels.sms {
             require(
                 !sms.source_addr.trim().is_empty(),

@@ -51,6 +51,9 @@ pub fn configured_channels(settings: &Settings) -> ChannelAvailability {
     if settings.channels.sms.is_some() {
         names.push(ChannelName::Sms);
     }
+    if settings.channels.email.is_some() {
+        names.push(ChannelName::Email);
+    }
     ChannelAvailability::new(names)
 }
 
