@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use paystep_channels::sms::{BindMode, SmsChannel, SmsSettings, SmscSettings};
 use paystep_channels::{
-    Channel, ChannelName, InboundError, InboundMessage, InboundSink, MessageKind,
-    OutboundMessage, SendError,
+    Channel, ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage,
+    SendError,
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -52,7 +52,10 @@ impl Smsc {
             http_port: 0,
             record: dir.path().join("submits.jsonl"),
             log: dir.path().join("smsc.log"),
-            arguments: arguments.iter().map(|argument| argument.to_string()).collect(),
+            arguments: arguments
+                .iter()
+                .map(|argument| argument.to_string())
+                .collect(),
             http: reqwest::Client::new(),
             _dir: dir,
         };
@@ -324,7 +327,10 @@ async fn a_submitted_text_arrives_as_sent_and_its_receipts_name_the_id_send_retu
     assert_eq!(submits.len(), 1);
     let submit = &submits[0];
     assert_eq!(submit["message_id"], id.as_str());
-    assert_eq!(submit["text"], "Your code is 123456. Reply YES 123456 <PIN>");
+    assert_eq!(
+        submit["text"],
+        "Your code is 123456. Reply YES 123456 <PIN>"
+    );
     assert_eq!(submit["data_coding"], 0x00);
     assert_eq!(submit["esm_class"], 0x00);
     assert_eq!(submit["registered_delivery"], 0x01);
@@ -472,7 +478,10 @@ async fn an_mo_text_reaches_the_core_and_is_acknowledged_only_after_the_core_too
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["command_status"], 0, "ESME_ROK after the core took it");
+    assert_eq!(
+        answer["command_status"], 0,
+        "ESME_ROK after the core took it"
+    );
     assert_eq!(
         collector.messages.lock().unwrap().clone(),
         vec![InboundMessage::Approve {
@@ -512,7 +521,11 @@ async fn mo_texts_are_decoded_by_their_data_coding() {
             body["data_coding"] = json!(data_coding);
         }
         let (status, answer) = smsc.post("/mo", body).await;
-        assert_eq!((status, &answer["command_status"]), (200, &json!(0)), "{answer}");
+        assert_eq!(
+            (status, &answer["command_status"]),
+            (200, &json!(0)),
+            "{answer}"
+        );
         let expected = InboundMessage::Unrecognized {
             channel: ChannelName::Sms,
             from: MSISDN.into(),
@@ -546,7 +559,10 @@ async fn sixty_concurrent_sends_keep_the_window_and_the_rate() {
     // 60 submits at 20 per second take at least 59 intervals of 50 ms.
     assert!(elapsed >= Duration::from_millis(2_950), "{elapsed:?}");
     let counts = texts_by_count(&smsc.submits().await);
-    assert!(texts.iter().all(|text| counts.get(text) == Some(&1)), "{counts:?}");
+    assert!(
+        texts.iter().all(|text| counts.get(text) == Some(&1)),
+        "{counts:?}"
+    );
     channel.shutdown().await;
 }
 
@@ -559,7 +575,9 @@ async fn the_window_caps_unacknowledged_submits_when_the_rate_does_not() {
     }));
     wait_until_bound(&channel).await;
 
-    let texts: Vec<String> = (0..30).map(|index| format!("window test {index}")).collect();
+    let texts: Vec<String> = (0..30)
+        .map(|index| format!("window test {index}"))
+        .collect();
     futures::future::join_all(texts.iter().map(|text| send(&channel, text))).await;
 
     let stats = smsc.get("/stats").await;
@@ -580,7 +598,9 @@ async fn throttled_submits_are_retried_and_every_text_arrives_exactly_once() {
     let (status, _) = smsc.post("/throttle", json!({"count": 10})).await;
     assert_eq!(status, 200);
 
-    let texts: Vec<String> = (0..60).map(|index| format!("throttle test {index}")).collect();
+    let texts: Vec<String> = (0..60)
+        .map(|index| format!("throttle test {index}"))
+        .collect();
     futures::future::join_all(texts.iter().map(|text| send(&channel, text))).await;
 
     let stats = smsc.get("/stats").await;
@@ -590,7 +610,10 @@ async fn throttled_submits_are_retried_and_every_text_arrives_exactly_once() {
     assert!(stats["max_in_flight"].as_u64().unwrap() <= 5, "{stats}");
     assert!(stats["max_per_second"].as_u64().unwrap() <= 20, "{stats}");
     let counts = texts_by_count(&smsc.submits().await);
-    assert!(texts.iter().all(|text| counts.get(text) == Some(&1)), "{counts:?}");
+    assert!(
+        texts.iter().all(|text| counts.get(text) == Some(&1)),
+        "{counts:?}"
+    );
     channel.shutdown().await;
 }
 
@@ -614,7 +637,10 @@ async fn a_throttle_that_does_not_end_makes_the_send_retriable() {
     assert!(reason.contains("ESME_RMSGQFUL"), "{reason}");
     let stats = smsc.get("/stats").await;
     assert_eq!(stats["throttled"], 6, "one try and five retries: {stats}");
-    assert!(started.elapsed() >= Duration::from_secs(5), "a pause before each retry");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "a pause before each retry"
+    );
     channel.shutdown().await;
 }
 
@@ -691,14 +717,20 @@ async fn burst_across_a_kill(smsc_arguments: &[&str]) -> (Vec<Value>, usize, Vec
 /// got. So at most a window's worth (10) can be duplicated, never lost.
 fn check_burst(records: &[Value], before_kill: usize, texts: &[String]) -> usize {
     let counts = texts_by_count(records);
-    let missing: Vec<&String> = texts.iter().filter(|text| !counts.contains_key(*text)).collect();
+    let missing: Vec<&String> = texts
+        .iter()
+        .filter(|text| !counts.contains_key(*text))
+        .collect();
     assert!(missing.is_empty(), "lost messages: {missing:?}");
     let duplicates: usize = counts.values().map(|count| count - 1).sum();
     println!(
         "500 texts: {} records, {before_kill} before the kill, {duplicates} duplicates",
         records.len()
     );
-    assert!(duplicates <= 10, "{duplicates} duplicates exceed the window");
+    assert!(
+        duplicates <= 10,
+        "{duplicates} duplicates exceed the window"
+    );
     duplicates
 }
 
@@ -729,7 +761,10 @@ async fn a_wrong_password_fails_the_bind_and_health_and_sends_say_so() {
         if error.reason.contains("ESME_RBINDFAIL") {
             break error.to_string();
         }
-        assert!(Instant::now() < deadline, "the bind failure never showed: {error}");
+        assert!(
+            Instant::now() < deadline,
+            "the bind failure never showed: {error}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(reason.contains("test-smsc"), "{reason}");
@@ -767,8 +802,14 @@ async fn a_transmitter_and_a_receiver_session_send_and_receive() {
                 if *remote_id == id)
         })
         .await;
-    let (status, answer) = smsc.post("/mo", json!({"from": MSISDN, "text": "BAL"})).await;
-    assert_eq!((status, &answer["command_status"]), (200, &json!(0)), "{answer}");
+    let (status, answer) = smsc
+        .post("/mo", json!({"from": MSISDN, "text": "BAL"}))
+        .await;
+    assert_eq!(
+        (status, &answer["command_status"]),
+        (200, &json!(0)),
+        "{answer}"
+    );
     collector
         .wait_for(|message| matches!(message, InboundMessage::Balance { .. }))
         .await;
@@ -805,10 +846,174 @@ async fn shutdown_unbinds_and_later_sends_are_retriable() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = std::fs::read_to_string(&smsc.log).unwrap_or_default();
-    assert!(log.contains("The ESME unbound."), "an unbind, not a dropped socket: {log}");
+    assert!(
+        log.contains("The ESME unbound."),
+        "an unbind, not a dropped socket: {log}"
+    );
     assert!(channel.health_check().await.is_err());
     assert!(matches!(
         channel.send(&sms("too late")).await,
         Err(SendError::Retriable(_))
     ));
+}
+
+/// A test CA and a server certificate it signed for localhost and 127.0.0.1, made with the
+/// openssl command line. Returns the paths of the CA, the certificate and its key.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |arguments: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(arguments)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command makes the test certificates (scripts/test.sh)");
+        assert!(
+            output.status.success(),
+            "openssl {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let curve = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=paystep test CA"];
+    ca.extend(curve);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut request = vec!["req", "-subj", "/CN=localhost"];
+    request.extend(curve);
+    request.extend(["-keyout", "smsc.key", "-out", "smsc.csr"]);
+    run(&request);
+    std::fs::write(
+        dir.join("smsc.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n\
+         subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "smsc.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "smsc.ext",
+        "-out",
+        "smsc.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("smsc.pem"),
+        dir.join("smsc.key"),
+    )
+}
+
+#[tokio::test]
+async fn smpp_over_tls_binds_only_to_an_smsc_whose_certificate_is_trusted() {
+    let certificates = tempfile::tempdir().unwrap();
+    let (ca, certificate, key) = make_certificates(certificates.path());
+    let smsc = Smsc::start(&[
+        "--tls-cert",
+        certificate.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    let tls = |smsc: &mut SmscSettings| {
+        smsc.tls = true;
+        smsc.host = "localhost".into();
+    };
+
+    // With the system's roots only, the test CA is unknown: the handshake fails, no plain
+    // TCP fallback. (A machine without any roots refuses TLS at start.)
+    match SmsChannel::start(smsc.settings(tls), Arc::new(Collector::default())) {
+        Ok(channel) => {
+            let deadline = Instant::now() + WAIT_MAX;
+            loop {
+                let error = channel.health_check().await.unwrap_err();
+                if error.reason.contains("TLS handshake") {
+                    println!("Without the test CA: {error}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no TLS failure showed: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(smsc.submits().await.is_empty());
+            channel.shutdown().await;
+        }
+        Err(error) => {
+            println!("Without the test CA: {error}");
+            assert!(error.to_string().contains("root certificate"), "{error}");
+        }
+    }
+
+    // The operator's way to trust a private CA. Only this test sets it, and the TLS trust
+    // is read when a channel starts, so no other test sees a difference.
+    std::env::set_var("SSL_CERT_FILE", &ca);
+    let (channel, collector) = start_channel(smsc.settings(tls));
+    wait_until_bound(&channel).await;
+    let id = send(&channel, "over TLS").await;
+    assert_eq!(smsc.submits().await[0]["text"], "over TLS");
+    collector
+        .wait_for(|message| {
+            matches!(message, InboundMessage::DeliveryReceipt { remote_id, .. }
+                if *remote_id == id)
+        })
+        .await;
+    channel.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_long_text_retried_after_a_failed_part_sends_only_the_missing_parts() {
+    let smsc = Smsc::start(&["--auto-dlr", "off"]).await;
+    let (channel, _collector) = start_channel(smsc.settings(|_| {}));
+    wait_until_bound(&channel).await;
+    // The first part is accepted, the second refused with ESME_RSYSERR (retriable).
+    let (status, _) = smsc
+        .post("/throttle", json!({"after": 1, "count": 1, "status": 0x08}))
+        .await;
+    assert_eq!(status, 200);
+    let message = sms(&"x".repeat(400));
+
+    let error = channel.send(&message).await.unwrap_err();
+    assert!(
+        matches!(&error, SendError::Retriable(reason) if reason.contains("part 2 of 3")),
+        "{error:?}"
+    );
+    let retried = channel.send(&message).await.expect("the retry succeeds");
+
+    let submits = smsc.submits().await;
+    let ids: Vec<&str> = submits
+        .iter()
+        .map(|submit| submit["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(retried.remote_id, Some(ids.join(",")));
+    let sequences: Vec<&Value> = submits
+        .iter()
+        .map(|submit| &submit["concatenation"]["sequence"])
+        .collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    assert!(submits
+        .iter()
+        .all(|submit| submit["concatenation"]["reference"]
+            == submits[0]["concatenation"]["reference"]));
+    channel.shutdown().await;
 }

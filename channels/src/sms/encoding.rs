@@ -191,7 +191,9 @@ pub(crate) fn segment(text: &str, reference: u8) -> Result<Segmented, SegmentErr
         return Err(SegmentError::Empty);
     }
     let (data_coding, parts) = match gsm_encode(text) {
-        Some(septets) if septets.len() <= GSM_SINGLE_SEPTETS_MAX => (DATA_CODING_GSM, vec![septets]),
+        Some(septets) if septets.len() <= GSM_SINGLE_SEPTETS_MAX => {
+            (DATA_CODING_GSM, vec![septets])
+        }
         Some(_) => (DATA_CODING_GSM, split_gsm(text)),
         None => {
             let units: Vec<u16> = text.encode_utf16().collect();
@@ -373,7 +375,9 @@ mod tests {
 
     #[test]
     fn long_gsm_texts_split_into_parts_of_153_septets_with_a_shared_reference() {
-        let text: String = (0..300).map(|index| (b'a' + (index % 26) as u8) as char).collect();
+        let text: String = (0..300)
+            .map(|index| (b'a' + (index % 26) as u8) as char)
+            .collect();
         let segmented = segment(&text, 42).unwrap();
         assert_eq!(segmented.segments.len(), 2);
         let mut joined = Vec::new();

@@ -73,7 +73,12 @@ fn read_receipt(deliver: &DeliverSm, text: &str) -> Received {
         return Received::Unusable("a delivery receipt names no message id".into());
     };
     let state = state
-        .or_else(|| fields.stat.as_deref().map(|stat| stat_name(stat).to_string()))
+        .or_else(|| {
+            fields
+                .stat
+                .as_deref()
+                .map(|stat| stat_name(stat).to_string())
+        })
         .unwrap_or_else(|| "UNKNOWN".to_string());
     Received::Message(InboundMessage::DeliveryReceipt {
         channel: ChannelName::Sms,
@@ -164,9 +169,8 @@ pub(crate) fn normalise_sender(address: &str, ton: u8) -> String {
         return address.to_string();
     }
     let explicitly_international = ton == TON_INTERNATIONAL || digits.len() != address.len();
-    let looks_international = ton == 0
-        && digits.len() >= INTERNATIONAL_DIGITS_MIN
-        && !digits.starts_with('0');
+    let looks_international =
+        ton == 0 && digits.len() >= INTERNATIONAL_DIGITS_MIN && !digits.starts_with('0');
     if explicitly_international || looks_international {
         format!("+{digits}")
     } else {

@@ -20,8 +20,12 @@ use rusmpp::values::{InterfaceVersion, Npi, Ton};
 use rusmpp::{Command, CommandStatus, Pdu};
 use rusmppc::error::Error as ClientError;
 use rusmppc::{Client, ConnectionBuilder, Event};
+use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 
 use super::inbound::{read_deliver_sm, Received};
 use super::status::{classify_submit, describe, SubmitStatus};
@@ -74,6 +78,8 @@ struct LinkState {
 
 pub(crate) struct Link {
     pub(crate) settings: SmscSettings,
+    /// Present when the SMSC is reached over TLS.
+    tls: Option<TlsConnector>,
     window: Arc<Semaphore>,
     pace: Pace,
     paused_until: Mutex<Option<Instant>>,
@@ -81,11 +87,12 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(settings: SmscSettings) -> Link {
+    pub(crate) fn new(settings: SmscSettings, tls: Option<TlsConnector>) -> Link {
         let window = Arc::new(Semaphore::new(settings.window));
         let pace = Pace::new(settings.throughput_per_s);
         Link {
             settings,
+            tls,
             window,
             pace,
             paused_until: Mutex::new(None),
@@ -180,10 +187,14 @@ impl Link {
                     }
                 }
                 SubmitStatus::Retriable(status) => {
-                    return Err(SubmitFailure::Retriable(format!("the SMSC answered {status}")))
+                    return Err(SubmitFailure::Retriable(format!(
+                        "the SMSC answered {status}"
+                    )))
                 }
                 SubmitStatus::Permanent(status) => {
-                    return Err(SubmitFailure::Permanent(format!("the SMSC answered {status}")))
+                    return Err(SubmitFailure::Permanent(format!(
+                        "the SMSC answered {status}"
+                    )))
                 }
             }
         }
@@ -353,8 +364,6 @@ impl Link {
 
     async fn connect_and_bind(&self, bind: BindKind) -> Result<(Client, BoxedEvents), String> {
         let settings = &self.settings;
-        let scheme = if settings.tls { "smpps" } else { "smpp" };
-        let url = format!("{scheme}://{}:{}", settings.host, settings.port);
         let builder = ConnectionBuilder::new()
             .max_command_length(COMMAND_LENGTH_MAX)
             .enquire_link_interval(Duration::from_millis(settings.enquire_link_interval_ms))
@@ -362,20 +371,47 @@ impl Link {
             .response_timeout(self.response_timeout())
             // rusmppc checks for SMPP 5.0 binds; paystep speaks SMPP 3.4.
             .disable_interface_version_check();
-        let (client, events) = tokio::time::timeout(self.response_timeout(), builder.connect(url))
-            .await
-            .map_err(|_| {
-                format!(
-                    "connecting to {}:{} took longer than {} ms",
-                    settings.host, settings.port, settings.response_timeout_ms
+        let address = format!("{}:{}", settings.host, settings.port);
+        // The channel connects itself (the system's resolver, every address it returns, a
+        // bounded wait, TLS with its own trust) and hands the stream to rusmppc.
+        let tcp = tokio::time::timeout(
+            self.response_timeout(),
+            TcpStream::connect((settings.host.as_str(), settings.port)),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "connecting to {address} took longer than {} ms",
+                settings.response_timeout_ms
+            )
+        })?
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+        // SMPP PDUs are small and answered one by one: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+        let (client, events): (Client, BoxedEvents) = match &self.tls {
+            None => {
+                let (client, events) = builder.connected(tcp);
+                (client, Box::pin(events))
+            }
+            Some(connector) => {
+                let server_name = ServerName::try_from(settings.host.clone())
+                    .map_err(|error| format!("{} is no TLS server name: {error}", settings.host))?;
+                let tls = tokio::time::timeout(
+                    self.response_timeout(),
+                    connector.connect(server_name, tcp),
                 )
-            })?
-            .map_err(|error| {
-                format!(
-                    "cannot connect to {}:{}: {error}",
-                    settings.host, settings.port
-                )
-            })?;
+                .await
+                .map_err(|_| {
+                    format!(
+                        "the TLS handshake with {address} took longer than {} ms",
+                        settings.response_timeout_ms
+                    )
+                })?
+                .map_err(|error| format!("the TLS handshake with {address} failed: {error}"))?;
+                let (client, events) = builder.connected(tls);
+                (client, Box::pin(events))
+            }
+        };
         let credentials = Credentials::of(settings)?;
         let bound = match bind {
             BindKind::Transceiver => client
@@ -432,7 +468,7 @@ impl Link {
                 error => format!("the {} bind failed: {error}", bind.name()),
             });
         }
-        Ok((client, Box::pin(events)))
+        Ok((client, events))
     }
 
     /// Receives until the link drops or the channel shuts down.
@@ -507,7 +543,11 @@ impl Link {
             }
             Some(Pdu::Unbind) => {
                 if let Err(error) = client.unbind_resp(sequence_number).await {
-                    tracing::warn!(smsc = %smsc, error = %error, "Could not answer the SMSC's unbind.");
+                    tracing::warn!(
+                        smsc = %smsc,
+                        error = %error,
+                        "Could not answer the SMSC's unbind."
+                    );
                 }
                 Some("the SMSC unbound the session".into())
             }
@@ -530,7 +570,11 @@ impl Link {
                 None
             }
             _ if command.id().is_response() => {
-                tracing::debug!(smsc = %smsc, id = ?command.id(), "Ignored an unexpected response.");
+                tracing::debug!(
+                    smsc = %smsc,
+                    id = ?command.id(),
+                    "Ignored an unexpected response."
+                );
                 None
             }
             Some(_) | None => {
@@ -678,10 +722,9 @@ fn client_failure(error: ClientError, response_timeout: Duration) -> SubmitFailu
         ClientError::EnquireLinkTimeout { .. } => {
             SubmitFailure::Retriable("the SMSC stopped answering enquire_link".into())
         }
-        ClientError::UnexpectedResponse { response } => SubmitFailure::Retriable(format!(
-            "the SMSC answered {}",
-            describe(response.status())
-        )),
+        ClientError::UnexpectedResponse { response } => {
+            SubmitFailure::Retriable(format!("the SMSC answered {}", describe(response.status())))
+        }
         ClientError::UnsupportedInterfaceVersion { .. } => {
             SubmitFailure::Permanent("rusmppc refused the interface version".into())
         }
@@ -725,6 +768,27 @@ impl Credentials {
                 .map_err(|_| "system_type must be at most 12 ASCII characters".to_string())?,
         })
     }
+}
+
+/// The TLS client for SMSCs: the system's trusted roots (`SSL_CERT_FILE` or `SSL_CERT_DIR`
+/// point it at others, such as an operator's private CA), rustls with ring, TLS 1.2 or 1.3.
+pub(crate) fn tls_connector() -> Result<TlsConnector, String> {
+    let loaded = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+    if added == 0 {
+        return Err(format!(
+            "TLS is on, but no trusted root certificate was found (errors: {:?})",
+            loaded.errors
+        ));
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS cannot be set up: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// Checks the settings a bind needs, without connecting.

@@ -1,6 +1,11 @@
 //! The SMS channel: an SMPP 3.4 ESME on rusmpp/rusmppc that binds to one or more SMSCs,
 //! submits outbound messages, and turns `deliver_sm` into domain messages (MO texts parsed
 //! with `grammar`, delivery receipts).
+//!
+//! Code map: `link` runs one SMSC link (connect, bind, enquire_link, reconnect with backoff,
+//! window, pace, throttling pauses, `deliver_sm_resp`); `encoding` chooses GSM 03.38 or
+//! UCS-2 and splits long texts; `inbound` reads receipts and MO texts; `status` classifies
+//! `command_status` values. Wire types stay inside this folder.
 
 mod encoding;
 pub mod grammar;
@@ -8,10 +13,11 @@ mod inbound;
 mod link;
 mod status;
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusmpp::pdus::SubmitSm;
@@ -91,6 +97,11 @@ const DESTINATION_NPI: u8 = 0x01;
 const REGISTERED_DELIVERY_FINAL: u8 = 0x01;
 /// The longest address SMPP 3.4 carries in source_addr and destination_addr.
 const ADDRESS_LENGTH_MAX: usize = 20;
+/// Long messages remembered with their accepted parts, at most.
+const PARTIAL_SENDS_MAX: usize = 256;
+/// Handsets give up joining a concatenated message after a while; a retry later than this
+/// sends the whole text again under a new reference.
+const PARTIAL_SEND_AGE_MAX: Duration = Duration::from_secs(600);
 /// How long `shutdown` waits for each link to unbind and close.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -113,6 +124,7 @@ pub struct SmsChannel {
     links: Vec<Arc<Link>>,
     next_link: AtomicUsize,
     next_reference: AtomicU8,
+    partial_sends: PartialSends,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -126,13 +138,22 @@ impl SmsChannel {
         inbound: Arc<dyn InboundSink>,
     ) -> Result<SmsChannel, SmsSetupError> {
         validate(&settings)?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| SmsSetupError::NoRuntime)?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SmsSetupError::NoRuntime)?;
         let (shutdown, shutdown_receiver) = watch::channel(false);
-        let links: Vec<Arc<Link>> = settings
-            .smscs
-            .iter()
-            .map(|smsc| Arc::new(Link::new(smsc.clone())))
-            .collect();
+        let mut links = Vec::with_capacity(settings.smscs.len());
+        for smsc in &settings.smscs {
+            let tls = if smsc.tls {
+                let connector = link::tls_connector().map_err(|reason| SmsSetupError::Smsc {
+                    smsc: smsc.name.clone(),
+                    reason,
+                })?;
+                Some(connector)
+            } else {
+                None
+            };
+            links.push(Arc::new(Link::new(smsc.clone(), tls)));
+        }
         let tasks = links
             .iter()
             .map(|link| {
@@ -146,6 +167,7 @@ impl SmsChannel {
             // Concatenation references only need to differ between a handset's recent
             // messages; a process-specific start keeps a restart from reusing the last ones.
             next_reference: AtomicU8::new(std::process::id() as u8),
+            partial_sends: PartialSends::default(),
             shutdown,
             tasks: Mutex::new(tasks),
         })
@@ -200,8 +222,7 @@ impl SmsChannel {
             .source_addr_ton(Ton::from(settings.source_addr_ton))
             .source_addr_npi(Npi::from(settings.source_addr_npi))
             .source_addr(
-                COctetString::from_str(&settings.source_addr)
-                    .expect("start() checked source_addr"),
+                COctetString::from_str(&settings.source_addr).expect("start() checked source_addr"),
             )
             .dest_addr_ton(Ton::from(DESTINATION_TON))
             .dest_addr_npi(Npi::from(DESTINATION_NPI))
@@ -217,6 +238,57 @@ impl Drop for SmsChannel {
     fn drop(&mut self) {
         // Links notice and unbind on their own; nobody is left to wait for them.
         self.shutdown.send_replace(true);
+    }
+}
+
+/// Long messages whose first parts the SMSC accepted before a later part failed retriably.
+#[derive(Default)]
+struct PartialSends {
+    entries: Mutex<VecDeque<PartialSend>>,
+}
+
+struct PartialSend {
+    message_id: String,
+    to: String,
+    text: String,
+    reference: u8,
+    /// The SMSC's ids of the accepted parts, first part first.
+    ids: Vec<String>,
+    kept_at: Instant,
+}
+
+impl PartialSends {
+    fn keep(&self, message: &OutboundMessage, reference: u8, ids: Vec<String>) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.retain(|entry| entry.message_id != message.id);
+        if entries.len() == PARTIAL_SENDS_MAX {
+            entries.pop_front();
+        }
+        entries.push_back(PartialSend {
+            message_id: message.id.clone(),
+            to: message.to.clone(),
+            text: message.text.clone(),
+            reference,
+            ids,
+            kept_at: Instant::now(),
+        });
+    }
+
+    /// The accepted parts of this very message (same id, recipient and text), if recent.
+    fn take(&self, message: &OutboundMessage) -> Option<PartialSend> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.retain(|entry| entry.kept_at.elapsed() < PARTIAL_SEND_AGE_MAX);
+        let index = entries
+            .iter()
+            .position(|entry| entry.message_id == message.id)?;
+        let entry = entries.remove(index)?;
+        (entry.to == message.to && entry.text == message.text).then_some(entry)
     }
 }
 
@@ -281,18 +353,41 @@ impl Channel for SmsChannel {
 
     /// Submits every part of the text over one bound link and returns the SMSC's ids of
     /// the parts, first part first, joined by commas.
+    ///
+    /// When a later part of a long text fails retriably, the parts the SMSC accepted are
+    /// remembered for a while: the outbox's next attempt sends only the rest, under the same
+    /// concatenation reference, so the handset can still join them.
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
         let destination = destination_address(&message.to).map_err(SendError::Permanent)?;
-        let reference = self.next_reference.fetch_add(1, Ordering::Relaxed);
-        let segmented = encoding::segment(&message.text, reference)
-            .map_err(|error| SendError::Permanent(error.to_string()))?;
         let link = self
             .pick_link()
             .ok_or_else(|| SendError::Retriable("no SMSC link is bound".into()))?;
+        let resumed = self.partial_sends.take(message);
+        let (reference, mut ids) = match resumed {
+            Some(partial) => {
+                tracing::info!(
+                    message_id = %message.id,
+                    parts_accepted = partial.ids.len(),
+                    "Resuming a long SMS after the parts the SMSC already accepted."
+                );
+                (partial.reference, partial.ids)
+            }
+            None => (
+                self.next_reference.fetch_add(1, Ordering::Relaxed),
+                Vec::new(),
+            ),
+        };
+        let segmented = encoding::segment(&message.text, reference)
+            .map_err(|error| SendError::Permanent(error.to_string()))?;
         let template = self.submit_sm(&destination, segmented.data_coding);
         let parts = segmented.segments.len();
-        let mut ids = Vec::with_capacity(parts);
-        for (index, segment) in segmented.segments.into_iter().enumerate() {
+        let already_accepted = ids.len();
+        for (index, segment) in segmented
+            .segments
+            .into_iter()
+            .enumerate()
+            .skip(already_accepted)
+        {
             let short_message = OctetString::from_vec(segment.short_message)
                 .map_err(|error| SendError::Permanent(format!("short_message: {error}")))?;
             let mut submit_sm = template.clone().with_short_message(short_message);
@@ -308,6 +403,9 @@ impl Channel for SmsChannel {
                     };
                     return Err(match failure {
                         SubmitFailure::Retriable(reason) => {
+                            if !ids.is_empty() {
+                                self.partial_sends.keep(message, reference, ids);
+                            }
                             SendError::Retriable(format!("SMSC {}{part}: {reason}", link.name()))
                         }
                         SubmitFailure::Permanent(reason) => {

@@ -22,8 +22,9 @@
 //                          with the ESME's deliver_sm_resp: {"command_status"}
 //   POST /dlr {"message_id", "stat", "err"?, "tlvs"?}
 //                          sends a delivery receipt for an accepted submit now
-//   POST /throttle {"count", "status"?}
-//                          the next `count` submit_sm get ESME_RTHROTTLED (or `status`)
+//   POST /throttle {"count", "status"?, "after"?}
+//                          the next `count` submit_sm get ESME_RTHROTTLED (or `status`),
+//                          after `after` more are accepted first
 //   POST /unbind           sends unbind to every bound session
 //
 // node-smpp quirks this script avoids: it throws on an undefined short_message; it drops
@@ -131,6 +132,7 @@ const stats = {
 // Arrival times (ms, monotonic) of submit_sm in the last second, for max_per_second.
 const recentArrivals = [];
 let throttleRemaining = 0;
+let throttleAfter = 0;
 let throttleStatus = smpp.ESME_RTHROTTLED;
 
 function noteArrival() {
@@ -328,7 +330,9 @@ function handleSession(session) {
       return;
     }
     noteArrival();
-    if (throttleRemaining > 0) {
+    if (throttleAfter > 0) {
+      throttleAfter -= 1;
+    } else if (throttleRemaining > 0) {
       throttleRemaining -= 1;
       stats.throttled += 1;
       respond(session, pdu, { command_status: throttleStatus });
@@ -343,7 +347,8 @@ function handleSession(session) {
       setTimeout(() => {
         sendReceipt(withSession, 'DELIVRD', '000', true, 10000).then((outcome) => {
           if (outcome.command_status !== 0) {
-            log('A delivery receipt was not acknowledged.', { message_id: record.message_id, outcome });
+            log('A delivery receipt was not acknowledged.',
+              { message_id: record.message_id, outcome });
           }
         });
       }, options.dlrDelayMs);
@@ -399,6 +404,7 @@ async function route(request, response) {
     case 'POST /throttle': {
       const body = await readJson(request);
       throttleRemaining = Number(body.count) || 0;
+      throttleAfter = Number(body.after) || 0;
       throttleStatus = body.status === undefined ? smpp.ESME_RTHROTTLED : Number(body.status);
       return reply(response, 200, { throttle_remaining: throttleRemaining });
     }
