@@ -483,7 +483,11 @@ async fn five_hundred_messages_survive_an_smsc_killed_mid_burst(db: Db) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // SMPP 3.4 has no idempotent submit: when the SMSC records a submit and dies before its
+    // answer leaves, the ESME cannot tell that from a submit that never arrived, and sends it
+    // again. So at most one window of messages can be duplicated by a kill; none may be lost.
     let lines = recorded(dir.path());
+    let mut duplicates = 0;
     for code in &codes {
         for destination in ["491821000099", "491821000003"] {
             let copies = lines
@@ -493,12 +497,18 @@ async fn five_hundred_messages_survive_an_smsc_killed_mid_burst(db: Db) {
                         && s["text"].as_str().unwrap_or("").contains(code.as_str())
                 })
                 .count();
-            assert_eq!(
-                copies, 1,
-                "the message with code {code} to {destination} was submitted {copies} times"
+            assert!(
+                copies >= 1,
+                "the message with code {code} to {destination} was lost"
             );
+            duplicates += copies - 1;
         }
     }
+    eprintln!("{expected} messages across an SMSC kill: {duplicates} submitted twice");
+    assert!(
+        duplicates <= 10,
+        "more duplicates ({duplicates}) than the window (10) allows"
+    );
     let ids: std::collections::HashSet<&str> = lines
         .iter()
         .filter_map(|s| s["message_id"].as_str())
