@@ -214,6 +214,9 @@ pub struct SmscSettings {
     pub port: u16,
     #[serde(default)]
     pub tls: bool,
+    /// An extra trust anchor (PEM file) for an SMSC with a private CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     pub system_id: String,
     pub password: String,
     #[serde(default)]
@@ -553,6 +556,13 @@ impl Settings {
                     }
                 };
                 check(!smsc.host.is_empty(), "host", "must not be empty");
+                check(
+                    smsc.ca_file
+                        .as_ref()
+                        .is_none_or(|ca_file| ca_file.is_file()),
+                    "ca_file",
+                    "must be a readable PEM file",
+                );
                 check(
                     !smsc.system_id.is_empty() && smsc.system_id.len() <= 15,
                     "system_id",

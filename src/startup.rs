@@ -102,6 +102,7 @@ fn sms_settings(config: &crate::config::SmsSettings) -> SmsSettings {
                 host: smsc.host.clone(),
                 port: smsc.port,
                 tls: smsc.tls,
+                ca_file: smsc.ca_file.clone(),
                 system_id: smsc.system_id.clone(),
                 password: smsc.password.clone(),
                 system_type: smsc.system_type.clone(),

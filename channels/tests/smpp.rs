@@ -176,6 +176,7 @@ impl Smsc {
             host: "127.0.0.1".into(),
             port: self.smpp_port,
             tls: false,
+            ca_file: None,
             system_id: "paystep".into(),
             password: "secret".into(),
             system_type: String::new(),
@@ -965,10 +966,11 @@ async fn smpp_over_tls_binds_only_to_an_smsc_whose_certificate_is_trusted() {
         }
     }
 
-    // The operator's way to trust a private CA. Only this test sets it, and the TLS trust
-    // is read when a channel starts, so no other test sees a difference.
-    std::env::set_var("SSL_CERT_FILE", &ca);
-    let (channel, collector) = start_channel(smsc.settings(tls));
+    // The operator's way to trust a private CA: the link's ca_file.
+    let (channel, collector) = start_channel(smsc.settings(|settings| {
+        tls(settings);
+        settings.ca_file = Some(ca.clone());
+    }));
     wait_until_bound(&channel).await;
     let id = send(&channel, "over TLS").await;
     assert_eq!(smsc.submits().await[0]["text"], "over TLS");

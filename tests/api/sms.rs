@@ -202,6 +202,7 @@ pub fn sms_settings(smpp_port: u16) -> SmsSettings {
             host: "127.0.0.1".into(),
             port: smpp_port,
             tls: false,
+            ca_file: None,
             system_id: "paystep".into(),
             password: "secret".into(),
             system_type: String::new(),

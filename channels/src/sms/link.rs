@@ -770,12 +770,26 @@ impl Credentials {
     }
 }
 
-/// The TLS client for SMSCs: the system's trusted roots (`SSL_CERT_FILE` or `SSL_CERT_DIR`
-/// point it at others, such as an operator's private CA), rustls with ring, TLS 1.2 or 1.3.
-pub(crate) fn tls_connector() -> Result<TlsConnector, String> {
+/// The TLS client for SMSCs: the system's trusted roots, plus `ca_file` (PEM) for a
+/// carrier with a private CA; rustls with ring, TLS 1.2 or 1.3.
+pub(crate) fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
-    let (added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+    let (mut added, _unparsable) = roots.add_parsable_certificates(loaded.certs);
+    if let Some(ca_file) = ca_file {
+        let certificates = CertificateDer::pem_file_iter(ca_file)
+            .map_err(|error| format!("cannot read ca_file {}: {error}", ca_file.display()))?;
+        for certificate in certificates {
+            let certificate = certificate
+                .map_err(|error| format!("ca_file {} is not PEM: {error}", ca_file.display()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("ca_file {}: {error}", ca_file.display()))?;
+            added += 1;
+        }
+    }
     if added == 0 {
         return Err(format!(
             "TLS is on, but no trusted root certificate was found (errors: {:?})",

@@ -58,6 +58,8 @@ pub struct SmscSettings {
     pub host: String,
     pub port: u16,
     pub tls: bool,
+    /// An extra trust anchor (PEM) for an SMSC with a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
     pub system_id: String,
     pub password: String,
     pub system_type: String,
@@ -144,9 +146,11 @@ impl SmsChannel {
         let mut links = Vec::with_capacity(settings.smscs.len());
         for smsc in &settings.smscs {
             let tls = if smsc.tls {
-                let connector = link::tls_connector().map_err(|reason| SmsSetupError::Smsc {
-                    smsc: smsc.name.clone(),
-                    reason,
+                let connector = link::tls_connector(smsc.ca_file.as_deref()).map_err(|reason| {
+                    SmsSetupError::Smsc {
+                        smsc: smsc.name.clone(),
+                        reason,
+                    }
                 })?;
                 Some(connector)
             } else {
