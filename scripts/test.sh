@@ -25,12 +25,11 @@ if ! psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -Atqc 'SELECT 1' >/dev/null; the
     echo "PostgreSQL at $PAYSTEP_TEST_POSTGRES_URL does not answer; the PostgreSQL tests need it." >&2
     exit 1
 fi
-# Each test makes its own database; drop what earlier runs left behind.
-psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -Atqc \
-    "SELECT datname FROM pg_database WHERE datname LIKE 'paystep\_test\_%'" |
-    while read -r database; do
-        psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -qc "DROP DATABASE IF EXISTS \"$database\"" >/dev/null
-    done
+# Each test makes its own database; drop what earlier runs left behind, in one session.
+psql "$PAYSTEP_TEST_POSTGRES_URL/postgres" -q >/dev/null <<'SQL'
+SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
+FROM pg_database WHERE datname LIKE 'paystep\_test\_%' \gexec
+SQL
 echo "PostgreSQL is ready at $PAYSTEP_TEST_POSTGRES_URL"
 
 say "Chromium and ChromeDriver (browser tests)"
