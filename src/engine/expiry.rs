@@ -47,7 +47,7 @@ impl Engine {
         Ok(expired + self.announce_expiry(now_ms, batch).await?)
     }
 
-        /// Tells retailers which releases will expire within `engine.pre_expiry_notice_s` if no
+    /// Tells retailers which releases will expire within `engine.pre_expiry_notice_s` if no
     /// step comes, once per quiet period (any activity clears the mark). Processes whose
     /// inactivity period is not more than twice the notice get none: for them a notice would
     /// follow every step and say nothing.
@@ -57,12 +57,12 @@ impl Engine {
             return Ok(0);
         }
         let process_ids: Vec<String> = sqlx::query_scalar(
-                        "SELECT id FROM processes WHERE status = 'active' AND pre_expiry_notified = 0 \
+            "SELECT id FROM processes WHERE status = 'active' AND pre_expiry_notified = 0 \
              AND expires_at_ms > $1 AND expires_at_ms <= $2 AND inactivity_s * 1000 > 2 * $4 \
              ORDER BY expires_at_ms LIMIT $3",
         )
         .bind(now_ms)
-                .bind(now_ms + notice_ms)
+        .bind(now_ms + notice_ms)
         .bind(batch)
         .bind(notice_ms)
         .fetch_all(self.store.reader())
