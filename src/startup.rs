@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use paystep_channels::console::{ConsoleChannel, ConsoleTarget};
+use paystep_channels::email::{EmailChannel, EmailSettings, EmailTls};
 use paystep_channels::sms::{BindMode, SmsChannel, SmsSettings, SmscSettings};
 use paystep_channels::webhook::{WebhookChannel, WebhookSettings};
 use paystep_channels::{Channel, ChannelName, InboundSink};
@@ -77,6 +78,10 @@ pub fn build_channels(
         })?;
         adapters.insert(ChannelName::Webhook, Arc::new(adapter));
     }
+    if let Some(email) = &settings.channels.email {
+        let adapter = EmailChannel::new(&email_settings(email))?;
+        adapters.insert(ChannelName::Email, Arc::new(adapter));
+    }
     let sms = match &settings.channels.sms {
         Some(sms) => {
             let channel = Arc::new(SmsChannel::start(sms_settings(sms), inbound)?);
@@ -86,6 +91,26 @@ pub fn build_channels(
         None => None,
     };
     Ok(Channels { adapters, sms })
+}
+
+fn email_settings(config: &crate::config::EmailSettings) -> EmailSettings {
+    EmailSettings {
+        host: config.host.clone(),
+        port: config.port,
+        tls: match config.tls.as_str() {
+            "none" => EmailTls::None,
+            "tls" => EmailTls::Tls,
+            // Validation allows only these three; STARTTLS is the safe default.
+            _ => EmailTls::StartTls,
+        },
+        ca_file: config.ca_file.clone(),
+        username: config.username.clone(),
+        password: config.password.clone(),
+        from: config.from.clone(),
+        reply_to: config.reply_to.clone(),
+        pool_size: config.pool_size,
+        timeout_ms: config.timeout_ms,
+    }
 }
 
 fn sms_settings(config: &crate::config::SmsSettings) -> SmsSettings {

@@ -10,6 +10,7 @@ mod concurrency;
 mod confirmation;
 mod crashes;
 mod durability;
+mod email;
 mod expiry;
 mod idempotency;
 mod operations;
