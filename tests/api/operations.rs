@@ -329,6 +329,11 @@ async fn the_example_configuration_loads() {
         sms.smsc[1].window, 10,
         "defaults fill what the file leaves out"
     );
+    let email = settings
+        .channels
+        .email
+        .expect("the example configures email");
+    assert_eq!(email.tls, "starttls");
 }
 
 #[tokio::test]
