@@ -299,6 +299,7 @@ on_both_databases!(
     events_still_arrive_after_an_outage_errors_and_timeouts,
     a_permanently_failing_endpoint_ends_in_the_dead_letters_and_requeueing_delivers,
     a_rotated_secret_and_the_previous_one_both_verify_during_the_grace_period,
+    redirects_are_not_followed_and_error_bodies_are_cut_short,
 );
 
 async fn every_event_of_a_full_scenario_arrives_signed_once_and_in_order(db: Db) {
@@ -536,4 +537,79 @@ async fn a_rotated_secret_and_the_previous_one_both_verify_during_the_grace_peri
     })
     .await;
     assert!(receiver.received().await.deliveries.is_empty());
+}
+
+async fn redirects_are_not_followed_and_error_bodies_are_cut_short(db: Db) {
+    let app = spawn_fast_retry_app(db, 3600).await;
+    let port = free_port();
+    let WebhookRetailer { retailer, secret } = create_webhook_retailer(&app, port).await;
+    let receiver = WebhookReceiver::start(port, &[&secret], "redirect").await;
+    app.create_customer("+491791000005", "10.00").await;
+    let first = app
+        .open_process(&retailer, eur_process("+491791000005", "1.00"))
+        .await;
+    let dead_letter_of = |process: &Value| {
+        let app = &app;
+        let process_id = process["id"].as_str().unwrap().to_string();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let dead = app.admin_get("/admin/v1/outbox?status=dead").await;
+                let found = dead.body["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["process_id"] == process_id.as_str())
+                    .cloned();
+                if let Some(letter) = found {
+                    return letter;
+                }
+                assert!(Instant::now() < deadline, "no dead letter for {process_id}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // A redirect is permanent at once: following it could send events where the retailer
+    // did not say, and the target (which would accept) never sees a delivery.
+    let redirected = dead_letter_of(&first).await;
+    assert_eq!(redirected["attempts"], 1, "{redirected}");
+    assert!(
+        redirected["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not followed"),
+        "{redirected}"
+    );
+    assert!(receiver.received().await.deliveries.is_empty());
+
+    // A failing endpoint's 1 MiB error body is read only up to a bound, and the error kept
+    // in the outbox is short.
+    receiver.set_mode("huge").await;
+    let attempts = receiver.received().await.attempts;
+    app.open_process(&retailer, eur_process("+491791000005", "2.00"))
+        .await;
+    eventually(10, "the endpoint answered with its huge body", || async {
+        receiver.received().await.attempts > attempts
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = app.admin_get("/admin/v1/outbox?status=queued").await;
+        let errors: Vec<String> = queued.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["last_error"].as_str().map(str::to_string))
+            .collect();
+        if let Some(error) = errors.iter().find(|error| error.contains("500")) {
+            assert!(
+                error.len() <= 1000,
+                "the recorded error is bounded: {} bytes",
+                error.len()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed attempt recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -5,9 +5,10 @@ It verifies every delivery with the `standardwebhooks` package (an implementatio
 Webhooks that paystep does not share code with) and records the verified ones. A control
 API on the same port makes it misbehave the ways real endpoints do:
 
-  POST /_control/mode   {"mode": "ok" | "fail" | "slow" | "gone"}
+  POST /_control/mode   {"mode": "ok" | "fail" | "slow" | "gone" | "redirect" | "huge"}
       ok: 204; fail: 500; slow: answers after --slow-s seconds (longer than the daemon's
-      timeout); gone: 410.
+      timeout); gone: 410; redirect: 302 to /elsewhere (which would accept); huge: 500 with
+      a 1 MiB body.
   GET  /_received       {"deliveries": [{"webhook_id", "payload"}], "attempts": n,
                           "rejected": n}
 
@@ -56,7 +57,7 @@ def make_handler(verifiers, slow_s):
             body = self.body()
             if self.path == "/_control/mode":
                 mode = json.loads(body)["mode"]
-                assert mode in ("ok", "fail", "slow", "gone"), mode
+                assert mode in ("ok", "fail", "slow", "gone", "redirect", "huge"), mode
                 with state_lock:
                     state["mode"] = mode
                 self.reply(200, b"{}")
@@ -69,6 +70,15 @@ def make_handler(verifiers, slow_s):
                 return
             if mode == "gone":
                 self.reply(410, b'{"error": "endpoint removed"}')
+                return
+            if mode == "redirect" and self.path != "/elsewhere":
+                self.send_response(302)
+                self.send_header("location", "/elsewhere")
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            if mode == "huge":
+                self.reply(500, b"x" * (1 << 20))
                 return
             if mode == "slow":
                 time.sleep(slow_s)
