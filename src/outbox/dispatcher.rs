@@ -57,14 +57,14 @@ impl Dispatcher {
         let now_ms = self.clock.now_ms();
         // A message waits while an earlier one of the same process (or, for messages of no
         // process such as replies, an earlier one of no process) to the same address is still
-        // queued, so each recipient sees them in order even when one needs retries.
+        // queued, so each recipient sees them in order even when one needs retries: only the
+        // head of each such queue is a candidate (found with the outbox_queued_order index).
         let candidates: Vec<i64> = sqlx::query_scalar(
-            "SELECT o.position FROM outbox o WHERE o.status = 'queued' AND o.next_attempt_at_ms <= $1 \
-             AND NOT EXISTS (SELECT 1 FROM outbox earlier WHERE earlier.status = 'queued' \
-               AND (earlier.process_id = o.process_id \
-                    OR (earlier.process_id IS NULL AND o.process_id IS NULL)) \
-               AND earlier.channel = o.channel \
-               AND earlier.to_address = o.to_address AND earlier.position < o.position) \
+            "SELECT o.position FROM outbox o JOIN \
+               (SELECT MIN(position) AS position FROM outbox WHERE status = 'queued' \
+                GROUP BY COALESCE(process_id, ''), channel, to_address) heads \
+               ON heads.position = o.position \
+             WHERE o.next_attempt_at_ms <= $1 \
              ORDER BY o.position LIMIT $2",
         )
         .bind(now_ms)
