@@ -386,6 +386,19 @@ impl Drop for TestApp {
     }
 }
 
+/// GETs `url` and parses its JSON body: peers' control APIs, the OpenAPI document.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
+}
+
 async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status();
     let text = response.text().await.unwrap();

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-use crate::helpers::{eur_process, fresh_database_url, spawn_app, Db, PIN};
+use crate::helpers::{eur_process, fresh_database_url, get_json, spawn_app, Db, PIN};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -151,15 +151,7 @@ async fn health_metrics_and_the_openapi_document_are_served(db: Db) {
         metrics.contains("paystep_processes{status=\"awaiting_confirmation\"} 1"),
         "{metrics}"
     );
-    let spec: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec: Value = get_json(&app.client, &app.url("/openapi.json")).await;
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/v1/processes",

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{eur_process, spawn_app_with, Db, Retailer, TestApp, PIN};
+use crate::helpers::{eur_process, get_json, spawn_app_with, Db, Retailer, TestApp, PIN};
 use crate::on_both_databases;
 
 const SMSC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smsc/smsc.js");
@@ -83,14 +83,7 @@ impl Smsc {
     }
 
     pub async fn stats(&self) -> Value {
-        self.client
-            .get(self.url("/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&self.client, &self.url("/stats")).await
     }
 
     pub async fn sigkill(mut self) {
@@ -102,15 +95,7 @@ impl Smsc {
     }
 
     pub async fn submits(&self) -> Vec<Value> {
-        let submits: Value = self
-            .client
-            .get(self.url("/submits"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let submits: Value = get_json(&self.client, &self.url("/submits")).await;
         submits
             .as_array()
             .cloned()
@@ -165,15 +150,7 @@ impl Smsc {
     pub async fn wait_for_bind(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let binds: Value = self
-                .client
-                .get(self.url("/binds"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let binds: Value = get_json(&self.client, &self.url("/binds")).await;
             let bound = binds.as_array().map(|b| !b.is_empty()).unwrap_or(false)
                 || binds["binds"]
                     .as_array()

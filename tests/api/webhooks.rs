@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 use crate::daemon::free_port;
-use crate::helpers::{eur_process, spawn_app_with, Db, Retailer, TestApp, PIN};
+use crate::helpers::{eur_process, get_json, spawn_app_with, Db, Retailer, TestApp, PIN};
 use crate::on_both_databases;
 
 const RECEIVER: &str = concat!(
@@ -90,15 +90,7 @@ impl WebhookReceiver {
     }
 
     pub async fn received(&self) -> Received {
-        let state: Value = self
-            .client
-            .get(self.control("/_received"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let state: Value = get_json(&self.client, &self.control("/_received")).await;
         Received {
             deliveries: state["deliveries"]
                 .as_array()
