@@ -413,49 +413,29 @@ impl Link {
             }
         };
         let credentials = Credentials::of(settings)?;
+        // The three bind PDUs are different types with the same fields: one builder chain.
+        macro_rules! bind_with {
+            ($method:ident, $pdu:ident) => {
+                client
+                    .$method(
+                        $pdu::builder()
+                            .system_id(credentials.system_id)
+                            .password(credentials.password)
+                            .system_type(credentials.system_type)
+                            .interface_version(InterfaceVersion::Smpp3_4)
+                            .addr_ton(Ton::Unknown)
+                            .addr_npi(Npi::Unknown)
+                            .address_range(COctetString::empty())
+                            .build(),
+                    )
+                    .await
+                    .map(|_| ())
+            };
+        }
         let bound = match bind {
-            BindKind::Transceiver => client
-                .bind_transceiver(
-                    BindTransceiver::builder()
-                        .system_id(credentials.system_id)
-                        .password(credentials.password)
-                        .system_type(credentials.system_type)
-                        .interface_version(InterfaceVersion::Smpp3_4)
-                        .addr_ton(Ton::Unknown)
-                        .addr_npi(Npi::Unknown)
-                        .address_range(COctetString::empty())
-                        .build(),
-                )
-                .await
-                .map(|_| ()),
-            BindKind::Transmitter => client
-                .bind_transmitter(
-                    BindTransmitter::builder()
-                        .system_id(credentials.system_id)
-                        .password(credentials.password)
-                        .system_type(credentials.system_type)
-                        .interface_version(InterfaceVersion::Smpp3_4)
-                        .addr_ton(Ton::Unknown)
-                        .addr_npi(Npi::Unknown)
-                        .address_range(COctetString::empty())
-                        .build(),
-                )
-                .await
-                .map(|_| ()),
-            BindKind::Receiver => client
-                .bind_receiver(
-                    BindReceiver::builder()
-                        .system_id(credentials.system_id)
-                        .password(credentials.password)
-                        .system_type(credentials.system_type)
-                        .interface_version(InterfaceVersion::Smpp3_4)
-                        .addr_ton(Ton::Unknown)
-                        .addr_npi(Npi::Unknown)
-                        .address_range(COctetString::empty())
-                        .build(),
-                )
-                .await
-                .map(|_| ()),
+            BindKind::Transceiver => bind_with!(bind_transceiver, BindTransceiver),
+            BindKind::Transmitter => bind_with!(bind_transmitter, BindTransmitter),
+            BindKind::Receiver => bind_with!(bind_receiver, BindReceiver),
         };
         if let Err(error) = bound {
             close(&client).await;
