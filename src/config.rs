@@ -33,6 +33,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub engine: EngineSettings,
     pub security: SecuritySettings,
+    pub retention: RetentionSettings,
     pub outbox: OutboxSettings,
     pub channels: ChannelSettings,
 }
@@ -53,6 +54,10 @@ pub struct HttpSettings {
     pub public_url: String,
     pub body_limit_bytes: usize,
     pub request_timeout_ms: u64,
+    /// Where `/metrics` is served without a token; unset, it is served on `listen` behind
+    /// the admin token.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -112,6 +117,52 @@ pub struct SecuritySettings {
     pub pin_tries_per_request: i64,
     pub pin_lockout_after: i64,
     pub pin_lockout_s: i64,
+    /// Failed guesses (wrong API keys, admin tokens, confirmation tokens, PINs) one client
+    /// address may make at once, and how many more it earns per minute; past them failures
+    /// are answered 429. Correct requests are never counted.
+    pub failures_per_source_burst: u32,
+    pub failures_per_source_per_minute: u32,
+    /// The same, per target: one API key (by its first characters), the admin token, one
+    /// confirmation link.
+    pub failures_per_target_burst: u32,
+    pub failures_per_target_per_minute: u32,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl SecuritySettings {
+    /// `trusted_proxies` parsed; `validate` refuses entries that do not parse.
+    pub fn trusted_proxy_nets(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|entry| parse_net(entry))
+            .collect()
+    }
+}
+
+/// A CIDR range, or a single address as a range of one.
+fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
+    let entry = entry.trim();
+    entry.parse::<ipnet::IpNet>().ok().or_else(|| {
+        entry
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Saved answers to `Idempotency-Key`s are kept at least this long (at least a day).
+    pub idempotency_keys_s: i64,
+    /// Answered or expired confirmation requests of ended processes, and their PIN tries.
+    pub confirmations_s: i64,
+    pub pin_attempts_s: i64,
+    /// Delivered outbox messages (dead letters stay until requeued or looked at).
+    pub delivered_outbox_s: i64,
+    /// Rows deleted per statement, so a prune never holds the writer for long.
+    pub batch_size: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,6 +475,46 @@ impl Settings {
             self.security.pin_lockout_s >= 1,
             "security.pin_lockout_s",
             "must be at least 1",
+        );
+        for (index, entry) in self.security.trusted_proxies.iter().enumerate() {
+            require(
+                parse_net(entry).is_some(),
+                &format!("security.trusted_proxies[{index}]"),
+                "must be an IP address or a CIDR range such as 10.0.0.0/8",
+            );
+        }
+        require(
+            self.security.failures_per_source_burst >= 1
+                && self.security.failures_per_source_per_minute >= 1,
+            "security.failures_per_source_burst",
+            "and failures_per_source_per_minute must be at least 1",
+        );
+        require(
+            self.security.failures_per_target_burst >= 1
+                && self.security.failures_per_target_per_minute >= 1,
+            "security.failures_per_target_burst",
+            "and failures_per_target_per_minute must be at least 1",
+        );
+        let retention = &self.retention;
+        require(
+            retention.idempotency_keys_s >= 86_400,
+            "retention.idempotency_keys_s",
+            "must be at least 86400 (a retailer may retry for a day)",
+        );
+        for (ok, path) in [
+            (retention.confirmations_s >= 1, "retention.confirmations_s"),
+            (retention.pin_attempts_s >= 1, "retention.pin_attempts_s"),
+            (
+                retention.delivered_outbox_s >= 1,
+                "retention.delivered_outbox_s",
+            ),
+        ] {
+            require(ok, path, "must be at least 1");
+        }
+        require(
+            (1..=10_000).contains(&retention.batch_size),
+            "retention.batch_size",
+            "must be between 1 and 10000",
         );
         require(
             self.outbox.poll_interval_ms >= 10,

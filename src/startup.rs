@@ -22,6 +22,7 @@ use crate::store::Store;
 
 pub struct Application {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     engine: Arc<Engine>,
     channels: Channels,
 }
@@ -156,12 +157,17 @@ impl Application {
             store.migrate().await?;
         }
         let listener = TcpListener::bind(settings.http.listen).await?;
+        let metrics_listener = match settings.http.metrics_listen {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         let availability = configured_channels(&settings);
         let settings = Arc::new(settings);
         let engine = Arc::new(Engine::new(store, settings.clone(), clock, availability));
         let channels = build_channels(&settings, Arc::new(CoreInbound(engine.clone())))?;
         Ok(Application {
             listener,
+            metrics_listener,
             engine,
             channels,
         })
@@ -192,17 +198,15 @@ impl Application {
         let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
         let sweeper_task = tokio::spawn(run_sweeper(engine.clone(), shutdown.clone()));
         tracing::info!(address = %address, "paystep is listening");
-        let mut http_shutdown = shutdown.clone();
-        axum::serve(
-            self.listener,
-            router(AppState {
-                engine: engine.clone(),
-            }),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stopped| *stopped).await;
-        })
-        .await?;
+        let state = AppState::new(engine.clone());
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let metrics = crate::http::metrics_router(state.clone());
+            tokio::spawn(serve(listener, metrics, shutdown.clone()))
+        });
+        serve(self.listener, router(state), shutdown.clone()).await?;
+        if let Some(metrics_task) = metrics_task {
+            let _ = metrics_task.await;
+        }
         let _ = dispatcher_task.await;
         let _ = sweeper_task.await;
         channels.shutdown().await;
@@ -210,6 +214,23 @@ impl Application {
         tracing::info!("paystep stopped");
         Ok(())
     }
+}
+
+/// Serves `router` on `listener` until `shutdown`, with each request's peer address known
+/// (the throttle counts failures per client).
+async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stopped| *stopped).await;
+    })
+    .await
 }
 
 /// Expires confirmation requests and idle processes on a timer.

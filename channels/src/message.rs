@@ -118,6 +118,11 @@ pub struct OutboundMessage {
     pub retailer_id: Option<String>,
     pub process_id: Option<String>,
     pub code: Option<String>,
+    /// The process's context as the retailer gave it: what the goods or service are.
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub reference: Option<String>,
     /// Two-letter language of the recipient, `en` or `de`.
     pub language: String,
     /// The human-readable text, already in the recipient's language.
@@ -145,8 +150,12 @@ impl std::fmt::Debug for OutboundMessage {
             .field("process_id", &self.process_id)
             .field("code", &self.code)
             .field("language", &self.language)
-            .field("text", &self.text)
-            .field("url", &self.url)
+            // The text and the link carry confirmation tokens: capabilities, not data.
+            .field(
+                "text",
+                &format_args!("<{} chars>", self.text.chars().count()),
+            )
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
             .field("payload", &self.payload)
             .field(
                 "signing_secrets",

@@ -273,6 +273,8 @@ fn confirmation_request(id: &str, to: &str, language: &str) -> OutboundMessage {
         retailer_id: Some("corner-shop".to_string()),
         process_id: Some("p-1".to_string()),
         code: Some("123456".to_string()),
+        description: None,
+        reference: None,
         language: language.to_string(),
         text: text.to_string(),
         url: Some("https://pay.example/confirm/abc?step=1&lang=en".to_string()),

@@ -275,6 +275,8 @@ fn sms(text: &str) -> OutboundMessage {
         retailer_id: None,
         process_id: None,
         code: None,
+        description: None,
+        reference: None,
         language: "en".into(),
         text: text.into(),
         url: None,

@@ -3,12 +3,14 @@
 mod identifiers;
 mod money;
 mod status;
+mod text;
 
 pub use identifiers::{Email, Language, Msisdn, Pin, ProcessCode};
 pub use money::{Currency, Minor, MoneyError};
 pub use status::{
     ConfirmationKind, ConfirmationStatus, ProcessStatus, StepStatus, TopUpPolicyKind,
 };
+pub use text::{free_text, shortened, without_links};
 
 /// A validation failure of one input value, said so a person can fix it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -75,9 +75,9 @@ impl Currency {
         if value <= Decimal::ZERO {
             return Err(MoneyError::NotPositive);
         }
-        // "12.50" and "12.5" are the same amount; trailing zeros are not extra precision.
-        let normalized = value.normalize();
-        if normalized.scale() > self.exponent {
+        // The decimals as written count, trailing zeros too: the contract says more decimals
+        // than the currency has is an error, and "1.000" EUR is more than EUR has.
+        if value.scale() > self.exponent {
             return Err(MoneyError::TooManyDecimals {
                 amount: trimmed.to_string(),
                 currency: self.code().to_string(),
@@ -132,7 +132,19 @@ mod tests {
         assert_eq!(eur().parse_amount("12.5", max()), Ok(1250));
         assert_eq!(eur().parse_amount("7", max()), Ok(700));
         assert_eq!(eur().parse_amount("0.01", max()), Ok(1));
-        assert_eq!(eur().parse_amount("1.000", max()), Ok(100));
+    }
+
+    #[test]
+    fn trailing_zeros_beyond_the_currency_are_decimals_too() {
+        assert!(matches!(
+            eur().parse_amount("1.000", max()),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
+        let yen = Currency::parse("JPY").unwrap();
+        assert!(matches!(
+            yen.parse_amount("150.0", max()),
+            Err(MoneyError::TooManyDecimals { .. })
+        ));
     }
 
     #[test]

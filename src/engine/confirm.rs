@@ -1,25 +1,38 @@
 //! The customer's answer to a confirmation request: approve (with PIN where the customer has
 //! one) or decline; and what becomes of a request nobody approved.
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use paystep_channels::{ChannelName, MessageKind};
 use sqlx::AnyConnection;
 
 use super::effects::Effects;
+use super::pin::{self, VerifiedPin};
 use super::process::text_facts;
 use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow};
 use super::step::reload_step;
 use super::texts::{Ended, Text};
 use super::views::{ProcessView, StepView};
 use super::{secret_hash, Engine, EngineError};
-use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, Pin, ProcessStatus};
+use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, ProcessStatus};
 use crate::ledger::{self, AccountKind, LedgerError, Transfer, TransferKind};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Answer {
     pub approve: bool,
     pub pin: Option<String>,
     pub channel: ChannelName,
+    /// The PIN's verdict, reached before the transaction (`Engine::verify_pin_ahead`).
+    pub verified: Option<VerifiedPin>,
+}
+
+// The PIN is a secret: never print it.
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("approve", &self.approve)
+            .field("pin", &self.pin.as_ref().map(|_| "<redacted>"))
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +127,7 @@ impl Engine {
         };
         Ok(Some(ConfirmationPage {
             retailer_name: retailer.name,
-            context: process.context().to_string(),
+            context: process.context(),
             description: process.description.clone(),
             amount: currency.format(confirmation.amount),
             currency: process.currency.clone(),
@@ -152,6 +165,15 @@ impl Engine {
         let (mut process, confirmation) = lock_confirmation(conn, confirmation_id)
             .await?
             .ok_or(EngineError::NotFound("confirmation request"))?;
+        // A locked-out customer learns nothing, not even whether the request is still open.
+        if answer.approve {
+            if let Some(outcome) = self
+                .refuse_if_locked_out(conn, &process, &confirmation, &answer, now_ms)
+                .await?
+            {
+                return Ok(outcome);
+            }
+        }
         if !rows::is_pending(&confirmation) {
             return Ok(AnswerOutcome::NotPending {
                 status: confirmation.status.clone(),
@@ -317,7 +339,8 @@ impl Engine {
     }
 
     /// Checks the PIN of a customer who has one, counting wrong tries per request and in a
-    /// row per customer, and logging every try.
+    /// row per customer, and logging every try. A verdict reached before the transaction
+    /// is used when it is for this PIN and this hash; otherwise the PIN is verified here.
     async fn check_pin(
         &self,
         conn: &mut AnyConnection,
@@ -331,22 +354,7 @@ impl Engine {
         };
         let security = &self.settings.security;
         let tries_left = security.pin_tries_per_request - confirmation.pin_failures;
-        if let Some(until_ms) = customer
-            .pin_locked_until_ms
-            .filter(|until_ms| *until_ms > now_ms)
-        {
-            log_pin_attempt(
-                conn,
-                customer,
-                confirmation,
-                answer.channel,
-                "locked_out",
-                now_ms,
-            )
-            .await?;
-            return Ok(PinCheck::Refused(AnswerOutcome::LockedOut { until_ms }));
-        }
-        let Some(pin) = answer
+        let Some(pin_text) = answer
             .pin
             .as_deref()
             .map(str::trim)
@@ -354,15 +362,27 @@ impl Engine {
         else {
             return Ok(PinCheck::Refused(AnswerOutcome::PinRequired { tries_left }));
         };
-        let correct = Pin::parse(pin).is_ok_and(|pin| verify_pin(&pin, pin_hash));
+        let verdict = answer
+            .verified
+            .as_ref()
+            .and_then(|verified| verified.verdict_for(pin_text, pin_hash));
+        let correct = match verdict {
+            Some(correct) => correct,
+            None => {
+                pin::verify(pin_text, pin_hash)
+                    .await?
+                    .verdict_for(pin_text, pin_hash)
+                    == Some(true)
+            }
+        };
         if correct {
-            sqlx::query(
-                "UPDATE customers SET pin_failures = 0, pin_locked_until_ms = NULL WHERE id = $1",
-            )
-            .bind(&customer.id)
-            .execute(&mut *conn)
-            .await?;
-            log_pin_attempt(
+            if let Some(until_ms) = pin::accept_pin(&mut *conn, &customer.id, now_ms).await? {
+                let outcome = self
+                    .refuse_locked_out(conn, customer, confirmation, answer, until_ms, now_ms)
+                    .await?;
+                return Ok(PinCheck::Refused(outcome));
+            }
+            pin::log_attempt(
                 conn,
                 customer,
                 confirmation,
@@ -373,8 +393,30 @@ impl Engine {
             .await?;
             return Ok(PinCheck::Accepted);
         }
-        tracing::warn!(customer_id = %customer.id, confirmation_id = %confirmation.id, channel = %answer.channel, "Wrong PIN");
-        log_pin_attempt(
+        let counted = pin::count_wrong_pin(
+            &mut *conn,
+            &customer.id,
+            security.pin_lockout_after,
+            security.pin_lockout_s * 1000,
+            now_ms,
+        )
+        .await?;
+        let locked_until_ms = match counted {
+            pin::WrongPinCount::LockedOut { until_ms } => {
+                let outcome = self
+                    .refuse_locked_out(conn, customer, confirmation, answer, until_ms, now_ms)
+                    .await?;
+                return Ok(PinCheck::Refused(outcome));
+            }
+            pin::WrongPinCount::Counted {
+                locked_until_ms,
+                failures_in_row,
+            } => {
+                tracing::warn!(customer_id = %customer.id, confirmation_id = %confirmation.id, channel = %answer.channel, failures_in_row, "Wrong PIN");
+                locked_until_ms
+            }
+        };
+        pin::log_attempt(
             conn,
             customer,
             confirmation,
@@ -382,22 +424,6 @@ impl Engine {
             "wrong",
             now_ms,
         )
-        .await?;
-        let failures_in_row = customer.pin_failures + 1;
-        let locked_until_ms = (failures_in_row >= security.pin_lockout_after)
-            .then(|| now_ms + security.pin_lockout_s * 1000);
-        // At lockout the count starts again, so the customer gets a full series after it.
-        sqlx::query(
-            "UPDATE customers SET pin_failures = $1, pin_locked_until_ms = $2 WHERE id = $3",
-        )
-        .bind(if locked_until_ms.is_some() {
-            0
-        } else {
-            failures_in_row
-        })
-        .bind(locked_until_ms)
-        .bind(&customer.id)
-        .execute(&mut *conn)
         .await?;
         sqlx::query("UPDATE confirmations SET pin_failures = pin_failures + 1 WHERE id = $1")
             .bind(&confirmation.id)
@@ -412,6 +438,99 @@ impl Engine {
                 tries_left: tries_left - 1,
             },
         }))
+    }
+
+    /// Verifies the PIN of an answer to come, before its write transaction, so that the
+    /// slow hash holds no lock. `None` when there is nothing to verify.
+    pub async fn verify_pin_ahead(
+        &self,
+        customer: &CustomerRow,
+        pin: Option<&str>,
+    ) -> Result<Option<VerifiedPin>, EngineError> {
+        let pin = pin.map(str::trim).filter(|pin| !pin.is_empty());
+        let (Some(pin), Some(pin_hash)) = (pin, &customer.pin_hash) else {
+            return Ok(None);
+        };
+        if pin::lockout_end(customer, self.now_ms()).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(pin::verify(pin, pin_hash).await?))
+    }
+
+    /// `verify_pin_ahead` for the customer of the request behind `token`.
+    pub async fn verify_pin_for_token(
+        &self,
+        token: &str,
+        pin: Option<&str>,
+    ) -> Result<Option<VerifiedPin>, EngineError> {
+        if pin.is_none() {
+            return Ok(None);
+        }
+        let customer = {
+            let mut conn = self.store.reader().acquire().await?;
+            let Some(confirmation) =
+                rows::confirmation_by_token_hash(&mut conn, &secret_hash(token)).await?
+            else {
+                return Ok(None);
+            };
+            let process = rows::load_process(&mut conn, &confirmation.process_id).await?;
+            match process.and_then(|process| process.customer_id) {
+                Some(customer_id) => rows::load_customer(&mut conn, &customer_id).await?,
+                None => None,
+            }
+        };
+        match customer {
+            Some(customer) => self.verify_pin_ahead(&customer, pin).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn refuse_if_locked_out(
+        &self,
+        conn: &mut AnyConnection,
+        process: &ProcessRow,
+        confirmation: &ConfirmationRow,
+        answer: &Answer,
+        now_ms: i64,
+    ) -> Result<Option<AnswerOutcome>, EngineError> {
+        let Some(customer_id) = &process.customer_id else {
+            return Ok(None);
+        };
+        let customer = rows::load_customer(conn, customer_id)
+            .await?
+            .ok_or(EngineError::NotFound("customer"))?;
+        let Some(until_ms) = pin::lockout_end(&customer, now_ms) else {
+            return Ok(None);
+        };
+        if customer.pin_hash.is_none() {
+            return Ok(None);
+        }
+        let outcome = self
+            .refuse_locked_out(conn, &customer, confirmation, answer, until_ms, now_ms)
+            .await?;
+        Ok(Some(outcome))
+    }
+
+    /// A locked-out customer's answer is refused unchecked, and logged.
+    async fn refuse_locked_out(
+        &self,
+        conn: &mut AnyConnection,
+        customer: &CustomerRow,
+        confirmation: &ConfirmationRow,
+        answer: &Answer,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<AnswerOutcome, EngineError> {
+        pin::log_attempt(
+            conn,
+            customer,
+            confirmation,
+            answer.channel,
+            "locked_out",
+            now_ms,
+        )
+        .await?;
+        Ok(AnswerOutcome::LockedOut { until_ms })
     }
 
     /// Ends a pending request that was not approved: the waiting step with it, and for the
@@ -557,39 +676,4 @@ async fn reload_process(
         .ok_or(EngineError::Invariant(
             "a process vanished in its own transaction".into(),
         ))
-}
-
-fn verify_pin(pin: &Pin, pin_hash: &str) -> bool {
-    match PasswordHash::new(pin_hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(pin.expose().as_bytes(), &parsed)
-            .is_ok(),
-        Err(error) => {
-            tracing::error!(error = %error, "Stored PIN hash cannot be parsed");
-            false
-        }
-    }
-}
-
-async fn log_pin_attempt(
-    conn: &mut AnyConnection,
-    customer: &CustomerRow,
-    confirmation: &ConfirmationRow,
-    channel: ChannelName,
-    outcome: &str,
-    now_ms: i64,
-) -> Result<(), EngineError> {
-    sqlx::query(
-        "INSERT INTO pin_attempts (id, customer_id, confirmation_id, channel, outcome, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(&customer.id)
-    .bind(&confirmation.id)
-    .bind(channel.as_str())
-    .bind(outcome)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }

@@ -39,6 +39,8 @@ pub struct PendingMessage {
     pub retailer_id: Option<String>,
     pub process_id: Option<String>,
     pub code: Option<String>,
+    pub description: Option<String>,
+    pub reference: Option<String>,
     pub text: String,
     /// The text for an SMS, where it differs (no link; how to reply instead).
     pub sms_text: Option<String>,
@@ -97,6 +99,8 @@ impl Effects {
             retailer_id: Some(retailer_id.to_string()),
             process_id: Some(process_id.to_string()),
             code: Some(facts.code.to_string()),
+            description: facts.description.map(str::to_string),
+            reference: facts.reference.map(str::to_string),
             text: render(language, facts, &text),
             sms_text,
             language,
@@ -122,6 +126,8 @@ impl Effects {
             retailer_id: None,
             process_id: process_id.map(str::to_string),
             code: None,
+            description: None,
+            reference: None,
             text: render_reply(language, &reply),
             sms_text: None,
             language,
@@ -144,6 +150,8 @@ impl Effects {
             retailer_id: Some(retailer.id.clone()),
             process_id: Some(process_id.to_string()),
             code: Some(facts.code.to_string()),
+            description: facts.description.map(str::to_string),
+            reference: facts.reference.map(str::to_string),
             text: render(Language::En, facts, &text),
             sms_text: None,
             language: Language::En,
@@ -315,6 +323,7 @@ impl Effects {
                         retailer_id: Some(&event.retailer.id),
                         process_id: event.process_id.as_deref(),
                         code: None,
+                        context: (None, None),
                         language: Language::En,
                         text: event.kind,
                         url: None,
@@ -366,6 +375,7 @@ impl Effects {
                         retailer_id: message.retailer_id.as_deref(),
                         process_id: message.process_id.as_deref(),
                         code: message.code.as_deref(),
+                        context: (message.description.as_deref(), message.reference.as_deref()),
                         language: message.language,
                         text,
                         url: message.url.as_deref(),
@@ -407,6 +417,8 @@ struct OutboxRow<'a> {
     retailer_id: Option<&'a str>,
     process_id: Option<&'a str>,
     code: Option<&'a str>,
+    /// The process's description and reference.
+    context: (Option<&'a str>, Option<&'a str>),
     language: Language,
     text: &'a str,
     url: Option<&'a str>,
@@ -421,9 +433,10 @@ async fn insert_outbox(
 ) -> Result<(), EngineError> {
     sqlx::query(
         "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, retailer_id, \
-         process_id, code, language, text, url, payload, event_id, status, attempts, \
-         next_attempt_at_ms, created_at_ms, queued_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued', 0, $15, $15, $15)",
+         process_id, code, language, text, url, payload, event_id, description, reference, \
+         status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         'queued', 0, $17, $17, $17)",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(row.route.channel.as_str())
@@ -439,6 +452,8 @@ async fn insert_outbox(
     .bind(row.url)
     .bind(row.payload)
     .bind(row.event_id)
+    .bind(row.context.0)
+    .bind(row.context.1)
     .bind(now_ms)
     .execute(&mut *conn)
     .await?;

@@ -11,6 +11,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::confirm::{Answer, AnswerOutcome};
 use super::effects::Effects;
+use super::pin::VerifiedPin;
 use super::rows::{self, CustomerKey, CustomerRow};
 use super::texts::Reply;
 use super::{random_secret, Engine, EngineError};
@@ -30,6 +31,13 @@ impl InboundSink for CoreInbound {
     }
 }
 
+/// The PIN of a reply, and its verdict if it was verified before the transaction.
+#[derive(Default)]
+struct PinAnswer {
+    pin: Option<String>,
+    verified: Option<VerifiedPin>,
+}
+
 /// A pending confirmation request of a customer, with its process's code.
 struct OpenRequest {
     confirmation_id: String,
@@ -38,6 +46,7 @@ struct OpenRequest {
 
 impl Engine {
     pub async fn receive(&self, message: InboundMessage) -> Result<(), EngineError> {
+        let verified = self.verify_sender_pin_ahead(&message).await?;
         let mut tx = self.store.begin_write().await?;
         let mut replies = Effects::default();
         match message {
@@ -47,6 +56,7 @@ impl Engine {
                 code,
                 pin,
             } => {
+                let pin = PinAnswer { pin, verified };
                 self.answer_by_reply(&mut tx, channel, &from, code, pin, true, &mut replies)
                     .await?
             }
@@ -55,7 +65,8 @@ impl Engine {
                 from,
                 code,
             } => {
-                self.answer_by_reply(&mut tx, channel, &from, code, None, false, &mut replies)
+                let pin = PinAnswer::default();
+                self.answer_by_reply(&mut tx, channel, &from, code, pin, false, &mut replies)
                     .await?
             }
             InboundMessage::Pay {
@@ -65,6 +76,7 @@ impl Engine {
                 amount,
                 pin,
             } => {
+                let pin = PinAnswer { pin, verified };
                 self.pay(
                     &mut tx,
                     channel,
@@ -98,6 +110,33 @@ impl Engine {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Verifies the PIN a reply carries before its transaction begins. A lone word after
+    /// YES may be the PIN of the one open request, so that word is verified when no other
+    /// PIN is given.
+    async fn verify_sender_pin_ahead(
+        &self,
+        message: &InboundMessage,
+    ) -> Result<Option<VerifiedPin>, EngineError> {
+        let (from, candidate) = match message {
+            InboundMessage::Approve {
+                from, code, pin, ..
+            } => (from, pin.as_ref().or(code.as_ref())),
+            InboundMessage::Pay { from, pin, .. } => (from, pin.as_ref()),
+            _ => return Ok(None),
+        };
+        let Some(candidate) = candidate else {
+            return Ok(None);
+        };
+        let sender = {
+            let mut conn = self.store.reader().acquire().await?;
+            self.sender(&mut conn, from).await?
+        };
+        match sender {
+            Some(customer) => self.verify_pin_ahead(&customer, Some(candidate)).await,
+            None => Ok(None),
+        }
     }
 
     async fn sender(
@@ -154,10 +193,11 @@ impl Engine {
         channel: ChannelName,
         from: &str,
         code: Option<String>,
-        pin: Option<String>,
+        pin: PinAnswer,
         approve: bool,
         replies: &mut Effects,
     ) -> Result<(), EngineError> {
+        let PinAnswer { pin, verified } = pin;
         let Some(customer) = self.sender(conn, from).await? else {
             replies.reply(channel, from, Language::En, None, Reply::Help);
             return Ok(());
@@ -200,6 +240,7 @@ impl Engine {
                     approve,
                     pin,
                     channel,
+                    verified,
                 },
             )
             .await?;
@@ -247,9 +288,10 @@ impl Engine {
         from: &str,
         code: &str,
         amount: Option<&str>,
-        pin: Option<String>,
+        pin: PinAnswer,
         replies: &mut Effects,
     ) -> Result<(), EngineError> {
+        let PinAnswer { pin, verified } = pin;
         let Some(customer) = self.sender(conn, from).await? else {
             replies.reply(channel, from, Language::En, None, Reply::Help);
             return Ok(());
@@ -327,6 +369,7 @@ impl Engine {
                     approve: true,
                     pin,
                     channel,
+                    verified,
                 },
             )
             .await?;

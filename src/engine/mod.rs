@@ -9,6 +9,7 @@ mod effects;
 mod expiry;
 mod inbound;
 mod operator;
+mod pin;
 mod process;
 pub mod rows;
 mod step;
@@ -24,6 +25,7 @@ pub use confirm::{Answer, AnswerOutcome, ConfirmationPage};
 pub use effects::{event_json, ChannelAvailability};
 pub use inbound::CoreInbound;
 pub use operator::{CustomerSummary, NewCustomer, NewRetailer, RetailerCredentials};
+pub use pin::VerifiedPin;
 pub use process::{CustomerRef, NewProcess, TopUpPolicy};
 pub use step::{NewStep, StepOutcome};
 

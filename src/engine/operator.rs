@@ -1,7 +1,5 @@
 //! The operator's side: customers, deposits, retailers.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use argon2::Argon2;
 use paystep_channels::ChannelName;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -76,7 +74,10 @@ impl Engine {
         customer: NewCustomer,
     ) -> Result<String, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
-        let pin_hash = customer.pin.as_ref().map(hash_pin).transpose()?;
+        let pin_hash = match &customer.pin {
+            Some(pin) => Some(super::pin::hash(pin).await?),
+            None => None,
+        };
         let inserted = sqlx::query(
             "INSERT INTO customers (id, msisdn, email, name, language, preferred_channel, pin_hash, created_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -288,12 +289,4 @@ impl Engine {
         let mut conn = self.store.reader().acquire().await?;
         Ok(rows::retailer_by_key_hash(&mut conn, &secret_hash(api_key)).await?)
     }
-}
-
-fn hash_pin(pin: &Pin) -> Result<String, EngineError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(pin.expose().as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|error| EngineError::Invariant(format!("cannot hash a PIN: {error}")))
 }

@@ -52,6 +52,8 @@ pub fn text_facts<'a>(retailer: &'a RetailerRow, process: &'a ProcessRow) -> Tex
         context: process.context(),
         code: &process.code,
         currency: &process.currency,
+        description: process.description.as_deref(),
+        reference: process.reference.as_deref(),
     }
 }
 

@@ -133,12 +133,15 @@ impl ProcessRow {
         self.channel.as_deref().and_then(|name| name.parse().ok())
     }
 
-    /// What the customer's goods or service are, for every message (claims 7 and 11).
-    pub fn context(&self) -> &str {
-        self.description
+    /// What the customer's goods or service are, for every message (claims 7 and 11): the
+    /// retailer's words, with anything that looks like a link taken out.
+    pub fn context(&self) -> String {
+        let text = self
+            .description
             .as_deref()
             .or(self.reference.as_deref())
-            .unwrap_or("-")
+            .unwrap_or("-");
+        crate::domain::without_links(text)
     }
 }
 

@@ -2,14 +2,19 @@
 //! service, the amount and the code (claims 7 and 11), and stays short enough for one SMS
 //! where it can.
 
-use crate::domain::Language;
+use crate::domain::{shortened, Language};
 
 /// What a message is about, with amounts already formatted.
 pub struct TextFacts<'a> {
     pub retailer: &'a str,
-    pub context: &'a str,
+    /// The retailer's description as customers may see it (`ProcessRow::context`).
+    pub context: String,
     pub code: &'a str,
     pub currency: &'a str,
+    /// The process's description and reference as the retailer gave them, which every
+    /// message carries beside its text (claim 7).
+    pub description: Option<&'a str>,
+    pub reference: Option<&'a str>,
 }
 
 pub enum Text<'a> {
@@ -67,80 +72,96 @@ pub fn render(language: Language, facts: &TextFacts<'_>, text: &Text<'_>) -> Str
         context,
         code,
         currency,
+        ..
     } = facts;
-    match (language, text) {
+    // The operator's words come first: who asks, the amount, the code and the link. The
+    // retailer's description comes last, quoted, so that it cannot pass for any of them.
+    let body = match (language, text) {
         (Language::En, Text::ConfirmationRequest { amount, url }) => format!(
-            "{retailer} asks you to release {amount} {currency} for {context}. Code {code}. Confirm or decline: {url}"
+            "{retailer} asks you to release {amount} {currency}. Code {code}. Confirm or decline: {url}"
         ),
         (Language::De, Text::ConfirmationRequest { amount, url }) => format!(
-            "{retailer} bittet um Freigabe von {amount} {currency} für {context}. Code {code}. Bestätigen oder ablehnen: {url}"
+            "{retailer} bittet um Freigabe von {amount} {currency}. Code {code}. Bestätigen oder ablehnen: {url}"
         ),
         (Language::En, Text::TopUpRequest { amount, step, remaining, url }) => format!(
-            "{retailer} asks for {amount} {currency} more for {context} (step {step}, {remaining} left). Code {code}. Confirm or decline: {url}"
+            "{retailer} asks for {amount} {currency} more (step {step}, {remaining} left). Code {code}. Confirm or decline: {url}"
         ),
         (Language::De, Text::TopUpRequest { amount, step, remaining, url }) => format!(
-            "{retailer} bittet um weitere {amount} {currency} für {context} (Schritt {step}, Rest {remaining}). Code {code}. Bestätigen oder ablehnen: {url}"
+            "{retailer} bittet um weitere {amount} {currency} (Schritt {step}, Rest {remaining}). Code {code}. Bestätigen oder ablehnen: {url}"
         ),
         (Language::En, Text::IdentifierNotification { process_id, amount }) => format!(
-            "{retailer}: process {code} ({process_id}) for {context} opened, {amount} {currency} requested."
+            "{retailer}: process {code} ({process_id}) opened, {amount} {currency} requested."
         ),
         (Language::De, Text::IdentifierNotification { process_id, amount }) => format!(
-            "{retailer}: Vorgang {code} ({process_id}) für {context} eröffnet, {amount} {currency} angefragt."
+            "{retailer}: Vorgang {code} ({process_id}) eröffnet, {amount} {currency} angefragt."
         ),
         (Language::En, Text::Released { amount }) => format!(
-            "{retailer}: the customer released {amount} {currency} for {context}, process {code}."
+            "{retailer}: the customer released {amount} {currency}, process {code}."
         ),
         (Language::De, Text::Released { amount }) => format!(
-            "{retailer}: der Kunde hat {amount} {currency} für {context} freigegeben, Vorgang {code}."
+            "{retailer}: der Kunde hat {amount} {currency} freigegeben, Vorgang {code}."
         ),
         (Language::En, Text::ReleaseReceipt { amount }) => format!(
-            "You released {amount} {currency} to {retailer} for {context}. Code {code}."
+            "You released {amount} {currency} to {retailer}. Code {code}."
         ),
         (Language::De, Text::ReleaseReceipt { amount }) => format!(
-            "Sie haben {retailer} {amount} {currency} für {context} freigegeben. Code {code}."
+            "Sie haben {retailer} {amount} {currency} freigegeben. Code {code}."
         ),
         (Language::En, Text::Charged { amount, remaining }) => format!(
-            "{retailer}: charged {amount} {currency} for {context}, process {code}; {remaining} {currency} remaining."
+            "{retailer}: charged {amount} {currency}, process {code}; {remaining} {currency} remaining."
         ),
         (Language::De, Text::Charged { amount, remaining }) => format!(
-            "{retailer}: {amount} {currency} für {context} abgebucht, Vorgang {code}; Rest {remaining} {currency}."
+            "{retailer}: {amount} {currency} abgebucht, Vorgang {code}; Rest {remaining} {currency}."
         ),
         (Language::En, Text::StepReceipt { amount, remaining }) => format!(
-            "Receipt: {retailer} charged {amount} {currency} for {context}. Code {code}. Left: {remaining} {currency}."
+            "Receipt: {retailer} charged {amount} {currency}. Code {code}. Left: {remaining} {currency}."
         ),
         (Language::De, Text::StepReceipt { amount, remaining }) => format!(
-            "Beleg: {retailer} hat {amount} {currency} für {context} abgebucht. Code {code}. Rest: {remaining} {currency}."
+            "Beleg: {retailer} hat {amount} {currency} abgebucht. Code {code}. Rest: {remaining} {currency}."
         ),
         (Language::En, Text::Declined { reason }) => format!(
-            "{retailer}: the payment for {context} (code {code}) was declined: {}.",
+            "{retailer}: the payment with code {code} was declined: {}.",
             reason_en(reason)
         ),
         (Language::De, Text::Declined { reason }) => format!(
-            "{retailer}: die Zahlung für {context} (Code {code}) wurde abgelehnt: {}.",
+            "{retailer}: die Zahlung mit Code {code} wurde abgelehnt: {}.",
             reason_de(reason)
         ),
-                (Language::En, Text::ExpiringSoon { remaining, expires_at }) => format!(
-            "{retailer}: process {code} for {context} expires at {expires_at} unless a step comes first; {remaining} {currency} would return to the customer."
+        (Language::En, Text::ExpiringSoon { remaining, expires_at }) => format!(
+            "{retailer}: process {code} expires at {expires_at} unless a step comes first; {remaining} {currency} would return to the customer."
         ),
         (Language::De, Text::ExpiringSoon { remaining, expires_at }) => format!(
-            "{retailer}: Vorgang {code} für {context} läuft um {expires_at} ab, wenn kein Schritt folgt; {remaining} {currency} gingen an den Kunden zurück."
+            "{retailer}: Vorgang {code} läuft um {expires_at} ab, wenn kein Schritt folgt; {remaining} {currency} gingen an den Kunden zurück."
         ),
         (Language::En, Text::Ended { ended, charged, returned }) => format!(
-            "{retailer}: process {code} for {context} {}. Charged {charged} {currency}, returned {returned} {currency}.",
+            "{retailer}: process {code} {}. Charged {charged} {currency}, returned {returned} {currency}.",
             match ended {
                 Ended::Closed => "closed",
                 Ended::Expired => "expired",
             }
         ),
         (Language::De, Text::Ended { ended, charged, returned }) => format!(
-            "{retailer}: Vorgang {code} für {context} {}. Abgebucht {charged} {currency}, zurück {returned} {currency}.",
+            "{retailer}: Vorgang {code} {}. Abgebucht {charged} {currency}, zurück {returned} {currency}.",
             match ended {
                 Ended::Closed => "beendet",
                 Ended::Expired => "abgelaufen",
             }
         ),
+    };
+    format!("{body} {}", quoted_context(language, context))
+}
+
+/// The retailer's description of the goods or service, quoted and labelled as what it is.
+fn quoted_context(language: Language, context: &str) -> String {
+    match language {
+        Language::En => format!("For: \"{context}\""),
+        Language::De => format!("Für: \"{context}\""),
     }
 }
+
+/// How much of the retailer's description an SMS carries, so that the operator's words
+/// and the answer always fit.
+pub const SMS_CONTEXT_CHARS_MAX: usize = 40;
 
 fn reason_en(reason: &str) -> &str {
     match reason {
@@ -239,6 +260,7 @@ pub fn render_sms(
         context,
         code,
         currency,
+        ..
     } = facts;
     let answer = match (language, pin_required) {
         (Language::En, true) => format!("Reply YES {code} <PIN> or NO {code}."),
@@ -246,19 +268,21 @@ pub fn render_sms(
         (Language::De, true) => format!("Antworten Sie JA {code} <PIN> oder NEIN {code}."),
         (Language::De, false) => format!("Antworten Sie JA {code} oder NEIN {code}."),
     };
-    match (language, text) {
-        (Language::En, Text::ConfirmationRequest { amount, .. }) => Some(format!(
-            "{retailer} asks you to release {amount} {currency} for {context}. Code {code}. {answer}"
-        )),
-        (Language::De, Text::ConfirmationRequest { amount, .. }) => Some(format!(
-            "{retailer} bittet um Freigabe von {amount} {currency} für {context}. Code {code}. {answer}"
-        )),
-        (Language::En, Text::TopUpRequest { amount, .. }) => Some(format!(
-            "{retailer} asks for {amount} {currency} more for {context}. Code {code}. {answer}"
-        )),
-        (Language::De, Text::TopUpRequest { amount, .. }) => Some(format!(
-            "{retailer} bittet um weitere {amount} {currency} für {context}. Code {code}. {answer}"
-        )),
-        _ => None,
-    }
+    let body = match (language, text) {
+        (Language::En, Text::ConfirmationRequest { amount, .. }) => {
+            format!("{retailer} asks you to release {amount} {currency}. Code {code}. {answer}")
+        }
+        (Language::De, Text::ConfirmationRequest { amount, .. }) => {
+            format!("{retailer} bittet um Freigabe von {amount} {currency}. Code {code}. {answer}")
+        }
+        (Language::En, Text::TopUpRequest { amount, .. }) => {
+            format!("{retailer} asks for {amount} {currency} more. Code {code}. {answer}")
+        }
+        (Language::De, Text::TopUpRequest { amount, .. }) => {
+            format!("{retailer} bittet um weitere {amount} {currency}. Code {code}. {answer}")
+        }
+        _ => return None,
+    };
+    let context = shortened(context, SMS_CONTEXT_CHARS_MAX);
+    Some(format!("{body} {}", quoted_context(language, &context)))
 }

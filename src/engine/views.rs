@@ -9,6 +9,8 @@ use crate::domain::{Email, Msisdn};
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessView {
     pub id: String,
+    /// The same as `id`, under the name every event's `data` carries it.
+    pub process_id: String,
     pub code: String,
     pub status: String,
     pub retailer_id: String,
@@ -39,9 +41,20 @@ pub struct TopUpView {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct ProcessContextView {
+    pub description: Option<String>,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct StepView {
     pub id: String,
     pub process_id: String,
+    pub retailer_id: String,
+    /// The process's code.
+    pub code: String,
+    /// The process's context (claim 7); the step's own description and reference follow.
+    pub process: ProcessContextView,
     pub number: i64,
     pub amount: String,
     pub currency: String,
@@ -72,6 +85,7 @@ impl ProcessView {
         let open = super::rows::is_open(row.status());
         ProcessView {
             id: row.id.clone(),
+            process_id: row.id.clone(),
             code: row.code.clone(),
             status: row.status.clone(),
             retailer_id: row.retailer_id.clone(),
@@ -104,6 +118,12 @@ impl StepView {
         StepView {
             id: row.id.clone(),
             process_id: row.process_id.clone(),
+            retailer_id: process.retailer_id.clone(),
+            code: process.code.clone(),
+            process: ProcessContextView {
+                description: process.description.clone(),
+                reference: process.reference.clone(),
+            },
             number: row.number,
             amount: currency.format(row.amount),
             currency: process.currency.clone(),

@@ -1,7 +1,7 @@
 //! The operator API.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,6 +12,7 @@ use serde_json::json;
 use super::auth::Admin;
 use super::error::{money_error, parse_json, ApiError};
 use super::idempotency::{self, OperationFuture};
+use super::ids::ResourceId;
 use super::AppState;
 use crate::domain::{Currency, Email, FieldError, Language, Msisdn, Pin};
 use crate::engine::{NewCustomer, NewRetailer};
@@ -19,6 +20,7 @@ use crate::outbox::dead_letters::{self, RequeueOutcome};
 
 const NAME_LENGTH_MAX: usize = 100;
 const URL_LENGTH_MAX: usize = 2000;
+const DEPOSIT_REFERENCE_LENGTH_MAX: usize = 100;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,17 +88,8 @@ impl CreateCustomerBody {
 }
 
 fn bounded_name(name: &str) -> Result<String, FieldError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > NAME_LENGTH_MAX
-        || name.chars().any(char::is_control)
-    {
-        return Err(FieldError::new(
-            "name",
-            format!("must be 1 to {NAME_LENGTH_MAX} characters without control characters"),
-        ));
-    }
-    Ok(name.to_string())
+    crate::domain::free_text("name", Some(name), NAME_LENGTH_MAX)?
+        .ok_or_else(|| FieldError::new("name", "must not be empty"))
 }
 
 #[derive(Deserialize)]
@@ -243,7 +236,7 @@ pub async fn create_customer(
 pub async fn create_deposit(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(customer_id): Path<String>,
+    ResourceId(customer_id): ResourceId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -253,6 +246,11 @@ pub async fn create_deposit(
     let amount = currency
         .parse_amount(&request.amount, state.engine.settings.limits.max_amount)
         .map_err(|error| money_error("amount", error))?;
+    let reference = crate::domain::free_text(
+        "reference",
+        request.reference.as_deref(),
+        DEPOSIT_REFERENCE_LENGTH_MAX,
+    )?;
     let engine = state.engine.clone();
     let request_line = format!("POST /admin/v1/customers/{customer_id}/deposits");
     idempotent(
@@ -262,9 +260,8 @@ pub async fn create_deposit(
         &body,
         move |conn| -> OperationFuture<'_> {
             Box::pin(async move {
-                let reference = request.reference.as_deref();
                 let credit = engine
-                    .deposit(conn, &customer_id, currency, amount, reference)
+                    .deposit(conn, &customer_id, currency, amount, reference.as_deref())
                     .await?;
                 let answer = json!({
                     "customer_id": customer_id,
@@ -281,7 +278,7 @@ pub async fn create_deposit(
 pub async fn get_customer(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(customer_id): Path<String>,
+    ResourceId(customer_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.store.reader().acquire().await?;
     let summary = state
@@ -355,7 +352,7 @@ pub async fn list_outbox(
 pub async fn requeue_outbox(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(message_id): Path<String>,
+    ResourceId(message_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
     let outcome = dead_letters::requeue(&mut tx, &message_id, state.engine.now_ms()).await?;
@@ -375,7 +372,7 @@ pub async fn requeue_outbox(
 pub async fn rotate_api_key(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(retailer_id): Path<String>,
+    ResourceId(retailer_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
     let rotated = state.engine.rotate_api_key(&mut tx, &retailer_id).await?;
@@ -388,7 +385,7 @@ pub async fn rotate_api_key(
 pub async fn rotate_webhook_secret(
     State(state): State<AppState>,
     _admin: Admin,
-    Path(retailer_id): Path<String>,
+    ResourceId(retailer_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
     let rotated = state

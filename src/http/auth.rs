@@ -1,9 +1,12 @@
-//! Bearer tokens: a retailer's API key, or the operator's admin token.
+//! Bearer tokens: a retailer's API key, or the operator's admin token. Failures are
+//! throttled per client address and per target, and logged with the source, never with
+//! what was presented.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::ApiError;
+use super::throttle::Guess;
 use super::AppState;
 use crate::engine::rows::RetailerRow;
 
@@ -17,6 +20,17 @@ fn bearer(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
+/// A failed authentication: 401, or 429 once the source or the target failed too often.
+fn refused(state: &AppState, parts: &Parts, guess: Guess, target: &str) -> ApiError {
+    let source = state.throttle.client_of(parts);
+    let throttled = state.throttle.failure(guess, source, target);
+    tracing::warn!(source = %source, guess = guess.as_str(), throttled = throttled.is_err(), "Failed authentication");
+    match throttled {
+        Ok(()) => ApiError::unauthorized(),
+        Err(retry_after) => ApiError::too_many_requests(retry_after),
+    }
+}
+
 /// The authenticated retailer.
 pub struct Retailer(pub RetailerRow);
 
@@ -27,13 +41,15 @@ impl FromRequestParts<AppState> for Retailer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts).ok_or_else(ApiError::unauthorized)?;
-        let retailer = state
-            .engine
-            .authenticate_retailer(key)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?;
-        Ok(Retailer(retailer))
+        let key = bearer(parts).unwrap_or_default();
+        let retailer = match key {
+            "" => None,
+            key => state.engine.authenticate_retailer(key).await?,
+        };
+        match retailer {
+            Some(retailer) => Ok(Retailer(retailer)),
+            None => Err(refused(state, parts, Guess::ApiKey, key)),
+        }
     }
 }
 
@@ -47,14 +63,15 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        let token = bearer(parts).unwrap_or_default();
         if constant_time_equal(
             token.as_bytes(),
             state.engine.settings.admin.token.as_bytes(),
         ) {
             Ok(Admin)
         } else {
-            Err(ApiError::unauthorized())
+            // One target: whoever guesses, it is the one admin token being guessed.
+            Err(refused(state, parts, Guess::AdminToken, "admin"))
         }
     }
 }

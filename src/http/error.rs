@@ -1,10 +1,12 @@
 //! The API's error shape, and the one place where errors of every layer become responses.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::throttle::RetryAfter;
 use crate::domain::{FieldError, MoneyError};
 use crate::engine::EngineError;
 use crate::store::StoreError;
@@ -15,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Sent as `Retry-After` (seconds) with a 429.
+    pub retry_after: Option<RetryAfter>,
 }
 
 impl ApiError {
@@ -24,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
     }
 
@@ -41,6 +46,27 @@ impl ApiError {
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid bearer token is required",
+        )
+    }
+
+    pub fn too_many_requests(retry_after: RetryAfter) -> ApiError {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            format!(
+                "too many failed attempts; try again in {} s",
+                retry_after.seconds
+            ),
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
+    pub fn unsupported_media_type() -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
         )
     }
 
@@ -71,8 +97,36 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(retry_after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry_after.seconds));
+        }
+        response
     }
+}
+
+/// PostgreSQL refuses text with a NUL byte ("invalid byte sequence for encoding UTF8"),
+/// which SQLite stores. That is the client's input, never ours: a 400, not a 500.
+fn is_text_the_database_refuses(error: &sqlx::Error) -> bool {
+    const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+    const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+    match error {
+        sqlx::Error::Database(database_error) => matches!(
+            database_error.code().as_deref(),
+            Some(CHARACTER_NOT_IN_REPERTOIRE | UNTRANSLATABLE_CHARACTER)
+        ),
+        _ => false,
+    }
+}
+
+fn database_error(error: &sqlx::Error) -> ApiError {
+    if is_text_the_database_refuses(error) {
+        return ApiError::bad_request("the request contains a character that is not allowed");
+    }
+    tracing::error!(error = %error, "Database error");
+    ApiError::internal()
 }
 
 impl From<FieldError> for ApiError {
@@ -138,19 +192,18 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Conflict(message) => ApiError::new(S::CONFLICT, "conflict", message),
             EngineError::Invalid(field_error) => field_error.into(),
-            EngineError::Database(ref database_error) => {
+            EngineError::Database(ref cause) => {
                 // Two daemons racing for the same new process code lose at the unique index;
                 // the client may simply try again.
-                if crate::store::is_unique_violation(database_error) {
-                    tracing::warn!(error = %database_error, "Unique conflict, answered as retriable");
+                if crate::store::is_unique_violation(cause) {
+                    tracing::warn!(error = %cause, "Unique conflict, answered as retriable");
                     return ApiError::new(
                         S::SERVICE_UNAVAILABLE,
                         "unavailable",
                         "a concurrent change won; try again",
                     );
                 }
-                tracing::error!(error = %error, "Database error");
-                ApiError::internal()
+                database_error(cause)
             }
             EngineError::Invariant(ref message) => {
                 tracing::error!(invariant = %message, "Invariant broken");
@@ -162,6 +215,9 @@ impl From<EngineError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if let StoreError::Database(database) = &error {
+            return database_error(database);
+        }
         tracing::error!(error = %error, "Store error");
         ApiError::internal()
     }
@@ -169,8 +225,7 @@ impl From<StoreError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        tracing::error!(error = %error, "Database error");
-        ApiError::internal()
+        database_error(&error)
     }
 }
 
@@ -184,7 +239,38 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             "the body must be a JSON object",
         ));
     }
-    serde_json::from_slice(body).map_err(|error| match error.classify() {
+    let value: Value = serde_json::from_slice(body).map_err(json_error)?;
+    if let Some(path) = first_null(&value, String::new()) {
+        return Err(ApiError::bad_request(format!(
+            "the body does not match the request schema: `{path}` is null; leave the field out instead"
+        )));
+    }
+    serde_json::from_value(value).map_err(json_error)
+}
+
+/// The path of the first `null` in a request body. No field of any request is nullable:
+/// an optional field is left out, so a null is always a mistake worth naming.
+fn first_null(value: &Value, path: String) -> Option<String> {
+    match value {
+        Value::Null => Some(if path.is_empty() { "body".into() } else { path }),
+        Value::Object(fields) => fields.iter().find_map(|(name, field)| {
+            let path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            first_null(field, path)
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| first_null(item, format!("{path}[{index}]"))),
+        _ => None,
+    }
+}
+
+fn json_error(error: serde_json::Error) -> ApiError {
+    match error.classify() {
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
@@ -195,5 +281,5 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
                 "the body does not match the request schema: {error}"
             ))
         }
-    })
+    }
 }

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use sqlx::Row;
 
+use super::auth::Admin;
 use super::AppState;
 
 pub async fn healthz() -> impl IntoResponse {
@@ -19,6 +20,11 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
         }
     }
+}
+
+/// `/metrics` on the public listener: the admin token is required.
+pub async fn metrics_for_admin(_admin: Admin, state: State<AppState>) -> impl IntoResponse {
+    metrics(state).await
 }
 
 /// Gauges read from the database, so every daemon sharing it reports the same truth.

@@ -5,14 +5,17 @@ mod auth;
 pub mod error;
 mod health;
 mod idempotency;
+mod ids;
 mod page;
 mod retailer;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -21,10 +24,19 @@ use tower_http::trace::TraceLayer;
 
 use crate::engine::Engine;
 use error::ApiError;
+use throttle::Throttle;
 
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub throttle: Arc<Throttle>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> AppState {
+        let throttle = Arc::new(Throttle::new(&engine.settings.security));
+        AppState { engine, throttle }
+    }
 }
 
 const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -33,6 +45,46 @@ const OPENAPI_JSON: &str = include_str!("openapi.json");
 pub fn router(state: AppState) -> Router {
     let body_limit_bytes = state.engine.settings.http.body_limit_bytes;
     let request_timeout = Duration::from_millis(state.engine.settings.http.request_timeout_ms);
+    let metrics_here = state.engine.settings.http.metrics_listen.is_none();
+    let mut router = Router::new()
+        .merge(api_routes())
+        .route(
+            "/c/{token}",
+            get(page::show)
+                .post(page::answer)
+                .layer(axum::middleware::map_response(page::protective_headers)),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi));
+    if metrics_here {
+        router = router.route("/metrics", get(health::metrics_for_admin));
+    }
+    router
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(body_limit_bytes))
+        // Outside the limit layer, which answers by itself when Content-Length is too big.
+        .layer(axum::middleware::from_fn(map_body_limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .with_state(state)
+}
+
+/// `/metrics` alone, for `http.metrics_listen`: no token there, so bind it where only the
+/// monitoring system reaches.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+/// The retailer and operator APIs: JSON in and out.
+fn api_routes() -> Router<AppState> {
     Router::new()
         .route(
             "/v1/processes",
@@ -63,22 +115,47 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/retailers/{id}/webhook-secret/rotate",
             post(admin::rotate_webhook_secret),
         )
-        .route("/c/{token}", get(page::show).post(page::answer))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi))
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(body_limit_bytes))
-        // Outside the limit layer, which answers by itself when Content-Length is too big.
-        .layer(axum::middleware::from_fn(map_body_limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(require_json))
+}
+
+/// The request's span names the route's template, never its path: the path of a
+/// confirmation page is a capability token, and whoever reads a log must not get it.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    tracing::info_span!("request", method = %request.method(), route)
+}
+
+/// A POST to the API carries JSON or nothing: any other Content-Type, or a body without
+/// one, is 415 before anything is read.
+async fn require_json(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() == axum::http::Method::POST && !json_or_empty(request.headers()) {
+        return ApiError::unsupported_media_type().into_response();
+    }
+    next.run(request).await
+}
+
+fn json_or_empty(headers: &HeaderMap) -> bool {
+    match headers.get(CONTENT_TYPE) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|text| text.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json")),
+        None => {
+            let declared_empty = headers
+                .get(CONTENT_LENGTH)
+                .is_some_and(|length| length.as_bytes() == b"0");
+            let has_body = headers.contains_key(TRANSFER_ENCODING)
+                || (headers.contains_key(CONTENT_LENGTH) && !declared_empty);
+            !has_body
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -1,17 +1,25 @@
 //! The confirmation page: server-rendered HTML that works without JavaScript on a small
 //! phone screen, in the customer's language. A GET only shows; a POST answers.
 
+use std::net::IpAddr;
+use std::sync::OnceLock;
+
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, HOST, ORIGIN, REFERRER_POLICY, RETRY_AFTER,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
 use paystep_channels::ChannelName;
 use serde::Deserialize;
 
+use super::throttle::{ClientAddress, Guess, RetryAfter};
 use super::AppState;
 use crate::clock::format_ms;
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language};
-use crate::engine::{Answer, AnswerOutcome, ConfirmationPage};
+use crate::engine::{Answer, AnswerOutcome, ConfirmationPage, EngineError};
 
 /// Tokens are 43 characters of URL-safe base64; anything far off is refused unread.
 const TOKEN_LENGTH_MAX: usize = 128;
@@ -46,6 +54,9 @@ struct Words {
     locked: &'static str,
     unknown: &'static str,
     bad_action: &'static str,
+    details: &'static str,
+    throttled: &'static str,
+    cross_site: &'static str,
 }
 
 fn words(language: Language) -> &'static Words {
@@ -73,6 +84,9 @@ fn words(language: Language) -> &'static Words {
         locked: "Too many wrong PINs: locked until",
         unknown: "This link is not valid.",
         bad_action: "Please choose Confirm or Decline.",
+        details: "Details from the retailer",
+        throttled: "Too many attempts. Please wait this many seconds:",
+        cross_site: "This answer did not come from the payment page. Nothing was changed.",
     };
     const DE: Words = Words {
         title: "Zahlung bestätigen",
@@ -98,6 +112,9 @@ fn words(language: Language) -> &'static Words {
         locked: "Zu viele falsche PINs: gesperrt bis",
         unknown: "Dieser Link ist nicht gültig.",
         bad_action: "Bitte wählen Sie Bestätigen oder Ablehnen.",
+        details: "Angaben des Händlers",
+        throttled: "Zu viele Versuche. Bitte warten Sie so viele Sekunden:",
+        cross_site: "Diese Antwort kam nicht von der Zahlungsseite. Nichts wurde geändert.",
     };
     match language {
         Language::En => &EN,
@@ -129,7 +146,8 @@ margin-top:1rem}button,input{font:inherit}input{font-size:1.2rem;width:100%;box-
 padding:.6rem}button{font-size:1.1rem;width:100%;padding:.8rem;margin-top:.8rem;border-radius:6px;\
 border:1px solid #333}.confirm{background:#07804d;color:#fff;border-color:#07804d}.decline{background:#fff;\
 margin-top:1.6rem}.note{padding:.6rem;border-radius:6px;background:#fff4d6}.note.ok{background:#e3f6ea}\
-.muted{color:#555;font-size:.9rem}";
+.muted{color:#555;font-size:.9rem}blockquote{margin:.2rem 0 0;padding:.4rem .6rem;border-left:3px solid #999;\
+background:#f4f4f4;overflow-wrap:anywhere;unicode-bidi:isolate}";
 
 fn layout(language: Language, body: &str) -> String {
     let words = words(language);
@@ -191,11 +209,15 @@ fn render_request(page: &ConfirmationPage, token: &str, note: Option<&str>) -> S
             escape(&page.currency)
         ));
     }
+    // The retailer's own words come after the amount and the code, quoted and labelled, so
+    // that they cannot pass for either.
     body.push_str(&format!(
-        "<p id=\"context\">{context}</p><p>{code_word}: <span class=\"code\" id=\"code\">{code}</span></p>",
-        context = escape(&page.context),
+        "<p>{code_word}: <span class=\"code\" id=\"code\">{code}</span></p>\
+         <p class=\"muted\">{details}:</p><blockquote>\u{201c}<span id=\"context\">{context}</span>\u{201d}</blockquote>",
         code_word = words.code,
         code = escape(&page.code),
+        details = words.details,
+        context = escape(&page.context),
     ));
     if page.status != ConfirmationStatus::Pending {
         if note.is_none() {
@@ -248,13 +270,105 @@ fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Html(layout(Language::En, &body))).into_response()
 }
 
+/// A page in both languages, for answers that know no customer.
+fn bilingual(status: StatusCode, say: impl Fn(&Words) -> String) -> Response {
+    let (en, de) = (words(Language::En), words(Language::De));
+    let body = format!(
+        "<h1>{}</h1><p class=\"note\">{}</p><p class=\"note\" lang=\"de\">{}</p>",
+        en.title,
+        say(en),
+        say(de)
+    );
+    (status, Html(layout(Language::En, &body))).into_response()
+}
+
+fn too_many_requests(retry_after: RetryAfter) -> Response {
+    let mut response = bilingual(StatusCode::TOO_MANY_REQUESTS, |words| {
+        format!("{} {}", words.throttled, retry_after.seconds)
+    });
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after.seconds));
+    response
+}
+
+fn internal_error() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Html(layout(Language::En, "<p>Internal error.</p>")),
+    )
+        .into_response()
+}
+
 fn valid_token(token: &str) -> bool {
     !token.is_empty() && token.len() <= TOKEN_LENGTH_MAX
 }
 
-pub async fn show(State(state): State<AppState>, Path(token): Path<String>) -> Response {
+/// The headers of every page under `/c/`: the token is in the URL, so no referrer and no
+/// cache; no framing (a page that takes a click must not be overlaid); the inline style is
+/// the only thing the page may load.
+pub async fn protective_headers(mut response: Response) -> Response {
+    static POLICY: OnceLock<HeaderValue> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        use base64::Engine as _;
+        let style_hash = base64::engine::general_purpose::STANDARD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(STYLE.as_bytes()));
+        let policy = format!(
+            "default-src 'none'; style-src 'sha256-{style_hash}'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        );
+        HeaderValue::from_str(&policy).expect("the policy is ASCII")
+    });
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_SECURITY_POLICY, policy.clone());
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
+}
+
+/// A POST that a browser made from another site: a page elsewhere must not be able to
+/// submit a customer's answer. Browsers say where a form came from in `Sec-Fetch-Site`,
+/// which decides where it is sent. Older browsers send only `Origin`, which must then be
+/// ours; it is `null` for our own form, because the page's `Referrer-Policy: no-referrer`
+/// hides it. Clients that send neither (curl, an old phone) are not browsers tricked into it.
+fn cross_site(headers: &HeaderMap, public_url: &str) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(ORIGIN) else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    if origin == "null" {
+        return false;
+    }
+    let host = headers.get(HOST).and_then(|host| host.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let ours = origin == origin_of(public_url);
+    let same_host = origin_host.is_some() && origin_host == host;
+    !(ours || same_host)
+}
+
+/// `https://pay.example.com` of `https://pay.example.com/some/base`.
+fn origin_of(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |at| at + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
+    }
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    ClientAddress(source): ClientAddress,
+    Path(token): Path<String>,
+) -> Response {
     if !valid_token(&token) {
-        return not_found();
+        return unknown_token(&state, source, &token);
     }
     let page = async {
         let mut conn = state.engine.store.reader().acquire().await?;
@@ -263,89 +377,132 @@ pub async fn show(State(state): State<AppState>, Path(token): Path<String>) -> R
     .await;
     match page {
         Ok(Some(page)) => Html(render_request(&page, &token, None)).into_response(),
-        Ok(None) => not_found(),
+        Ok(None) => unknown_token(&state, source, &token),
         Err(error) => {
             tracing::error!(error = %error, "Cannot show a confirmation page");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Html(layout(Language::En, "<p>Internal error.</p>")),
-            )
-                .into_response()
+            internal_error()
+        }
+    }
+}
+
+/// 404 for a token nobody issued, or 429 once the source guessed too often.
+fn unknown_token(state: &AppState, source: IpAddr, token: &str) -> Response {
+    let guess = Guess::ConfirmationToken;
+    match state.throttle.failure(guess, source, token) {
+        Ok(()) => not_found(),
+        Err(retry_after) => {
+            tracing::warn!(source = %source, guess = guess.as_str(), "Unknown confirmation tokens throttled");
+            too_many_requests(retry_after)
         }
     }
 }
 
 pub async fn answer(
     State(state): State<AppState>,
+    ClientAddress(source): ClientAddress,
     Path(token): Path<String>,
+    headers: HeaderMap,
     form: Result<Form<AnswerForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    let form = form.ok();
-    if !valid_token(&token) {
-        return not_found();
+    if cross_site(&headers, &state.engine.settings.http.public_url) {
+        tracing::warn!(source = %source, "Cross-site answer to a confirmation request refused");
+        return bilingual(StatusCode::FORBIDDEN, |words| words.cross_site.to_string());
     }
+    if !valid_token(&token) {
+        return unknown_token(&state, source, &token);
+    }
+    let form = form.ok().map(|Form(form)| form);
     let approve = match form.as_ref().map(|form| form.action.as_str()) {
         Some("confirm") => Some(true),
         Some("decline") => Some(false),
         _ => None,
     };
-    let engine = &state.engine;
-    let result = async {
-        let Some(approve) = approve else {
-            return Ok::<_, crate::engine::EngineError>(None);
-        };
-        let mut tx = engine.store.begin_write().await?;
-        let answer = Answer {
-            approve,
-            pin: form.and_then(|form| form.0.pin),
-            channel: ChannelName::Console,
-        };
-        let outcome = engine.answer_by_token(&mut tx, &token, answer).await;
-        match outcome {
-            Ok(outcome) => {
-                tx.commit().await?;
-                Ok(Some(outcome))
+    let outcome = match approve {
+        Some(approve) => {
+            let pin = form.and_then(|form| form.pin);
+            match submit(&state, &token, approve, pin).await {
+                Ok(Some(outcome)) => Some(outcome),
+                Ok(None) => return unknown_token(&state, source, &token),
+                Err(error) => {
+                    tracing::error!(error = %error, "Cannot answer a confirmation request");
+                    return internal_error();
+                }
             }
-            Err(crate::engine::EngineError::NotFound(_)) => Ok(Some(AnswerOutcome::NotPending {
-                status: "unknown".into(),
-            })),
-            Err(error) => Err(error),
         }
-    }
-    .await;
-    let page = async {
-        let mut conn = engine.store.reader().acquire().await?;
-        engine.confirmation_page(&mut conn, &token).await
-    }
-    .await;
-    let (outcome, page) = match (result, page) {
-        (Ok(outcome), Ok(Some(page))) => (outcome, page),
-        (Ok(_), Ok(None)) => return not_found(),
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::error!(error = %error, "Cannot answer a confirmation request");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Html(layout(Language::En, "<p>Internal error.</p>")),
-            )
-                .into_response();
-        }
+        None => None,
     };
+    if let Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinTriesExceeded) = outcome {
+        if let Err(retry_after) = state.throttle.failure(Guess::Pin, source, &token) {
+            tracing::warn!(source = %source, guess = Guess::Pin.as_str(), "Wrong PINs throttled");
+            return too_many_requests(retry_after);
+        }
+    }
+    let page = async {
+        let mut conn = state.engine.store.reader().acquire().await?;
+        state.engine.confirmation_page(&mut conn, &token).await
+    }
+    .await;
+    match page {
+        Ok(Some(page)) => answered(&state, &page, &token, outcome),
+        Ok(None) => not_found(),
+        Err(error) => {
+            tracing::error!(error = %error, "Cannot show an answered confirmation page");
+            internal_error()
+        }
+    }
+}
+
+/// Answers the request in one write transaction, its PIN verified before the transaction
+/// began. `None` for a token nobody issued.
+async fn submit(
+    state: &AppState,
+    token: &str,
+    approve: bool,
+    pin: Option<String>,
+) -> Result<Option<AnswerOutcome>, EngineError> {
+    let engine = &state.engine;
+    let verified = match approve {
+        true => engine.verify_pin_for_token(token, pin.as_deref()).await?,
+        false => None,
+    };
+    let answer = Answer {
+        approve,
+        pin,
+        channel: ChannelName::Console,
+        verified,
+    };
+    let mut tx = engine.store.begin_write().await?;
+    match engine.answer_by_token(&mut tx, token, answer).await {
+        Ok(outcome) => {
+            tx.commit().await?;
+            Ok(Some(outcome))
+        }
+        Err(EngineError::NotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The page after an answer: what happened, with the status that says it.
+fn answered(
+    state: &AppState,
+    page: &ConfirmationPage,
+    token: &str,
+    outcome: Option<AnswerOutcome>,
+) -> Response {
     let words = words(page.language);
-    let note: Option<String> = match outcome {
-        None => Some(words.bad_action.to_string()),
-        Some(AnswerOutcome::Approved) => Some(words.approved.to_string()),
-        Some(AnswerOutcome::Declined) => Some(words.declined.to_string()),
-        Some(AnswerOutcome::Expired) => Some(words.expired.to_string()),
-        Some(AnswerOutcome::InsufficientCredit) => Some(words.insufficient.to_string()),
-        Some(AnswerOutcome::PinRequired { .. }) => Some(words.pin_required.to_string()),
-        Some(AnswerOutcome::WrongPin { tries_left }) => {
-            Some(format!("{} {tries_left}", words.wrong_pin))
-        }
-        Some(AnswerOutcome::PinTriesExceeded) => Some(words.pin_tries.to_string()),
+    let note: String = match &outcome {
+        None => words.bad_action.to_string(),
+        Some(AnswerOutcome::Approved) => words.approved.to_string(),
+        Some(AnswerOutcome::Declined) => words.declined.to_string(),
+        Some(AnswerOutcome::Expired) => words.expired.to_string(),
+        Some(AnswerOutcome::InsufficientCredit) => words.insufficient.to_string(),
+        Some(AnswerOutcome::PinRequired { .. }) => words.pin_required.to_string(),
+        Some(AnswerOutcome::WrongPin { tries_left }) => format!("{} {tries_left}", words.wrong_pin),
+        Some(AnswerOutcome::PinTriesExceeded) => words.pin_tries.to_string(),
         Some(AnswerOutcome::LockedOut { until_ms }) => {
-            Some(format!("{} {}", words.locked, minutes_utc(until_ms)))
+            format!("{} {}", words.locked, minutes_utc(*until_ms))
         }
-        Some(AnswerOutcome::NotPending { .. }) => Some(words.answered.to_string()),
+        Some(AnswerOutcome::NotPending { .. }) => words.answered.to_string(),
     };
     let status = match outcome {
         None => StatusCode::BAD_REQUEST,
@@ -356,5 +513,13 @@ pub async fn answer(
         Some(AnswerOutcome::NotPending { .. } | AnswerOutcome::Expired) => StatusCode::CONFLICT,
         Some(_) => StatusCode::OK,
     };
-    (status, Html(render_request(&page, &token, note.as_deref()))).into_response()
+    let mut response = (status, Html(render_request(page, token, Some(&note)))).into_response();
+    if let Some(AnswerOutcome::LockedOut { until_ms }) = outcome {
+        let wait_ms = (until_ms - state.engine.now_ms()).max(1000);
+        let seconds = u64::try_from(wait_ms).map_or(1, |ms| ms.div_ceil(1000));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }

@@ -1,7 +1,7 @@
 //! The retailer API, v1.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +14,7 @@ use sqlx::Row;
 use super::auth::Retailer;
 use super::error::{money_error, parse_json, ApiError};
 use super::idempotency::{self, OperationFuture};
+use super::ids::ResourceId;
 use super::AppState;
 use crate::domain::{Currency, Email, FieldError, Msisdn, ProcessStatus, TopUpPolicyKind};
 use crate::engine::event_json;
@@ -66,24 +67,17 @@ pub struct CreateStepBody {
 #[serde(deny_unknown_fields)]
 pub struct CloseBody {}
 
-/// Free text from a retailer: bounded, and without control characters that could break an
-/// SMS or a log line.
+/// Free text from a retailer: bounded, and without characters that could disguise it.
 fn text_field(
     field: &'static str,
     value: Option<String>,
     length_max: usize,
 ) -> Result<Option<String>, ApiError> {
-    let Some(value) = value else { return Ok(None) };
-    let value = value.trim().to_string();
-    if value.chars().count() > length_max {
-        return Err(
-            FieldError::new(field, format!("must be at most {length_max} characters")).into(),
-        );
-    }
-    if value.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters").into());
-    }
-    Ok((!value.is_empty()).then_some(value))
+    Ok(crate::domain::free_text(
+        field,
+        value.as_deref(),
+        length_max,
+    )?)
 }
 
 impl CreateProcessBody {
@@ -187,7 +181,11 @@ impl CustomerBody {
         match (self.msisdn, self.email, self.id) {
             (Some(msisdn), None, None) => Ok(CustomerRef::Msisdn(Msisdn::parse(&msisdn)?)),
             (None, Some(email), None) => Ok(CustomerRef::Email(Email::parse(&email)?)),
-            (None, None, Some(id)) => Ok(CustomerRef::Id(id)),
+            (None, None, Some(id)) => {
+                ResourceId::parse(&id).map(CustomerRef::Id).ok_or_else(|| {
+                    FieldError::new("customer.id", "must be a customer id (a UUID)").into()
+                })
+            }
             _ => Err(
                 FieldError::new("customer", "must have exactly one of msisdn, email or id").into(),
             ),
@@ -251,7 +249,7 @@ pub async fn create_process(
 pub async fn create_step(
     State(state): State<AppState>,
     Retailer(retailer): Retailer,
-    Path(process_id): Path<String>,
+    ResourceId(process_id): ResourceId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -295,7 +293,7 @@ pub async fn create_step(
 pub async fn close_process(
     State(state): State<AppState>,
     Retailer(retailer): Retailer,
-    Path(process_id): Path<String>,
+    ResourceId(process_id): ResourceId,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -324,7 +322,7 @@ pub async fn close_process(
 pub async fn get_process(
     State(state): State<AppState>,
     Retailer(retailer): Retailer,
-    Path(process_id): Path<String>,
+    ResourceId(process_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.store.reader().acquire().await?;
     let process = rows::load_process(&mut conn, &process_id)
@@ -373,6 +371,9 @@ pub async fn list_processes(
     let after = match query.after.as_deref().filter(|after| !after.is_empty()) {
         None => None,
         Some(after_id) => {
+            let after_id = ResourceId::parse(after_id)
+                .ok_or_else(|| ApiError::bad_request("after: must be a process id (a UUID)"))?;
+            let after_id = after_id.as_str();
             let cursor = rows::load_process(&mut conn, after_id)
                 .await?
                 .filter(|process| process.retailer_id == retailer.id)
@@ -393,7 +394,7 @@ pub async fn list_processes(
 pub async fn list_steps(
     State(state): State<AppState>,
     Retailer(retailer): Retailer,
-    Path(process_id): Path<String>,
+    ResourceId(process_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut conn = state.engine.store.reader().acquire().await?;
     let process = rows::load_process(&mut conn, &process_id)

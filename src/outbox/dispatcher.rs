@@ -92,8 +92,9 @@ impl Dispatcher {
 
     async fn deliver(&self, position: i64, now_ms: i64) -> Result<ExecutionOutcome, StoreError> {
         let row = sqlx::query(
-            "SELECT id, channel, intended_channel, kind, to_address, retailer_id, process_id, code, language, text, url, \
-             payload, attempts, queued_at_ms FROM outbox WHERE position = $1",
+            "SELECT id, channel, intended_channel, kind, to_address, retailer_id, process_id, code, \
+             description, reference, language, text, url, payload, attempts, queued_at_ms \
+             FROM outbox WHERE position = $1",
         )
         .bind(position)
         .fetch_one(self.store.reader())
@@ -116,6 +117,8 @@ impl Dispatcher {
             retailer_id: row.try_get("retailer_id")?,
             process_id: row.try_get("process_id")?,
             code: row.try_get("code")?,
+            description: row.try_get("description")?,
+            reference: row.try_get("reference")?,
             language: row.try_get("language")?,
             text: row.try_get("text")?,
             url: row.try_get("url")?,

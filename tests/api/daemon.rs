@@ -44,6 +44,34 @@ pub async fn start_daemon_on(
     port: u16,
     settings: &[(&str, &str)],
 ) -> Daemon {
+    start_daemon_with(database_url, console_path, port, settings, Stdio::inherit()).await
+}
+
+/// Starts the daemon with its log (stderr) written to `log_path`.
+pub async fn start_daemon_logging(
+    database_url: &str,
+    console_path: &Path,
+    log_path: &Path,
+    settings: &[(&str, &str)],
+) -> Daemon {
+    let log = std::fs::File::create(log_path).expect("the log file can be created");
+    start_daemon_with(
+        database_url,
+        console_path,
+        free_port(),
+        settings,
+        log.into(),
+    )
+    .await
+}
+
+async fn start_daemon_with(
+    database_url: &str,
+    console_path: &Path,
+    port: u16,
+    settings: &[(&str, &str)],
+    log: Stdio,
+) -> Daemon {
     let base = format!("http://127.0.0.1:{port}");
     let child = paystep(database_url)
         .arg("serve")
@@ -57,6 +85,7 @@ pub async fn start_daemon_on(
         .env("PAYSTEP__CHANNELS__WEBHOOK__TIMEOUT_MS", "400")
         .envs(settings.iter().copied())
         .stdout(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("the paystep binary starts");

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::daemon::free_port;
-use crate::helpers::{spawn_app_with, Db, Retailer, TestApp, PIN};
+use crate::helpers::{eventually, spawn_app_with, Db, Retailer, TestApp, PIN};
 use crate::on_both_databases;
 
 const SMTP_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/smtp_server.py");
@@ -228,13 +228,17 @@ async fn a_customer_confirms_through_the_link_in_the_email(db: Db) {
             );
         }
     }
-    // The outbox recorded the Message-ID the server got.
-    let delivered = app.admin_get("/admin/v1/outbox?status=delivered").await;
-    assert!(delivered.body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|m| m["channel"] == "email"));
+    // The outbox records the delivery once the server has answered, which may be a moment
+    // after the mail is in the server's maildir.
+    eventually(10, "the outbox recorded the email as delivered", || async {
+        let delivered = app.admin_get("/admin/v1/outbox?status=delivered").await;
+        delivered.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["channel"] == "email")
+    })
+    .await;
 
     // The link leads to the page; a GET (a mail scanner) changes nothing; the button does.
     let link = link_in(mail["text"].as_str().unwrap());

@@ -263,7 +263,9 @@ impl TestApp {
 
     pub fn console_messages(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.console_path).unwrap_or_default();
-        text.lines()
+        // A line the channel is still writing has no newline yet: it is read next time.
+        text.split_inclusive('\n')
+            .filter(|line| line.ends_with('\n'))
             .map(|line| serde_json::from_str(line).expect("console lines are JSON"))
             .collect()
     }
@@ -384,6 +386,22 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
+}
+
+/// Waits until `condition` holds, for at most `seconds`.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    seconds: u64,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
 }
 
 /// GETs `url` and parses its JSON body: peers' control APIs, the OpenAPI document.

@@ -15,6 +15,7 @@ mod expiry;
 mod idempotency;
 mod operations;
 mod routing;
+mod security;
 mod sms;
 mod sms_replies;
 mod validation;

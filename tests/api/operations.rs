@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-use crate::helpers::{eur_process, fresh_database_url, get_json, spawn_app, Db, PIN};
+use crate::helpers::{eur_process, fresh_database_url, get_json, spawn_app, Db, ADMIN_TOKEN, PIN};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -138,9 +138,13 @@ async fn health_metrics_and_the_openapi_document_are_served(db: Db) {
         let response = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
     }
+    // The gauges are the operator's: without the admin token, nothing.
+    let anonymous = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let metrics = app
         .client
         .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap()

@@ -10,6 +10,9 @@ on_both_databases!(
     bad_amounts_are_refused_with_a_clear_error_and_change_nothing,
     unknown_fields_and_malformed_json_are_refused_and_change_nothing,
     requests_without_a_valid_key_or_for_another_retailers_process_are_refused,
+    nul_bytes_and_malformed_ids_are_not_found_on_both_databases,
+    bodies_that_are_not_json_are_unsupported_media_types_and_change_nothing,
+    extra_decimals_and_null_fields_are_refused_as_the_contract_says,
 );
 
 /// Everything a refused request could have touched.
@@ -350,5 +353,233 @@ async fn requests_without_a_valid_key_or_for_another_retailers_process_are_refus
         app.get(&renewed, &process_path).await.status,
         StatusCode::OK
     );
+    app.assert_ledger_holds().await;
+}
+
+async fn nul_bytes_and_malformed_ids_are_not_found_on_both_databases(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let customer_id = app.create_customer("+491741000010", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000010", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+    for path in [
+        format!("/v1/processes/{process_id}%00"),
+        "/v1/processes/%00".to_string(),
+        format!("/v1/processes/{process_id}%00/steps"),
+        "/v1/processes/not-a-uuid".to_string(),
+    ] {
+        let got = app.get(&retailer, &path).await;
+        assert_refused(&app, got, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let step = app
+        .post(
+            &retailer,
+            &format!("/v1/processes/{process_id}%00/steps"),
+            json!({"amount": "1.00"}),
+        )
+        .await;
+    assert_refused(&app, step, StatusCode::NOT_FOUND, "not_found").await;
+    for path in [
+        "/admin/v1/customers/%00",
+        &format!("/admin/v1/customers/{customer_id}%00"),
+    ] {
+        let got = app.admin_get(path).await;
+        assert_refused(&app, got, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let page = app.get(&retailer, "/v1/processes?after=%00").await;
+    assert_refused(&app, page, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let mut by_id = eur_process("+491741000010", "1.00");
+    by_id["customer"] = json!({"id": "\u{0}"});
+    let created = app.post(&retailer, "/v1/processes", by_id).await;
+    assert_refused(
+        &app,
+        created,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    let mut described = eur_process("+491741000010", "1.00");
+    described["description"] = json!("Parking\u{0}");
+    let created = app.post(&retailer, "/v1/processes", described).await;
+    assert_refused(
+        &app,
+        created,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    let named = app
+        .admin_post(
+            "/admin/v1/customers",
+            json!({"name": "A\u{0}", "msisdn": "+491741000011"}),
+        )
+        .await;
+    assert_refused(
+        &app,
+        named,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(footprint(&app).await, before);
+    app.assert_ledger_holds().await;
+}
+
+async fn bodies_that_are_not_json_are_unsupported_media_types_and_change_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let customer_id = app.create_customer("+491741000020", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000020", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+    let credit = app.credit(&customer_id).await;
+    let process_body = eur_process("+491741000020", "1.00").to_string();
+    let step_body = json!({"amount": "1.00"}).to_string();
+    let targets = [
+        (
+            "/v1/processes".to_string(),
+            process_body,
+            retailer.api_key.clone(),
+        ),
+        (
+            format!("/v1/processes/{process_id}/steps"),
+            step_body,
+            retailer.api_key.clone(),
+        ),
+        (
+            format!("/admin/v1/customers/{customer_id}/deposits"),
+            json!({"amount": "1.00", "currency": "EUR"}).to_string(),
+            crate::helpers::ADMIN_TOKEN.to_string(),
+        ),
+    ];
+    for (path, body, token) in &targets {
+        for content_type in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            let mut request = app
+                .client
+                .post(app.url(path))
+                .bearer_auth(token)
+                .body(body.clone());
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap();
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{path} {content_type:?}: {answer}"
+            );
+            assert_eq!(answer["error"]["code"], "unsupported_media_type");
+        }
+    }
+    assert_eq!(footprint(&app).await, before);
+    assert_eq!(app.credit(&customer_id).await, credit);
+    // JSON with a charset parameter is JSON; a close needs no body at all.
+    let step = app
+        .client
+        .post(app.url(&format!("/v1/processes/{process_id}/steps")))
+        .bearer_auth(&retailer.api_key)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json!({"amount": "1.00"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(step.status(), StatusCode::CREATED);
+    let close = app
+        .client
+        .post(app.url(&format!("/v1/processes/{process_id}/close")))
+        .bearer_auth(&retailer.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(close.status(), StatusCode::OK);
+    app.assert_ledger_holds().await;
+}
+
+async fn extra_decimals_and_null_fields_are_refused_as_the_contract_says(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let customer_id = app.create_customer("+491741000030", "50.00").await;
+    let process_id = app
+        .open_active_process(&retailer, eur_process("+491741000030", "10.00"))
+        .await;
+    let before = footprint(&app).await;
+    let mut release = eur_process("+491741000030", "1.000");
+    let created = app.post(&retailer, "/v1/processes", release.clone()).await;
+    assert_refused(
+        &app,
+        created,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_amount",
+    )
+    .await;
+    let step = app.step(&retailer, &process_id, "1.000").await;
+    assert_refused(
+        &app,
+        step,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_amount",
+    )
+    .await;
+    let deposit = app
+        .admin_post(
+            &format!("/admin/v1/customers/{customer_id}/deposits"),
+            json!({"amount": "1.000", "currency": "EUR"}),
+        )
+        .await;
+    assert_refused(
+        &app,
+        deposit,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_amount",
+    )
+    .await;
+    release["release"] = json!("1.00");
+    for field in ["channel", "expires_in_s", "description", "charge", "top_up"] {
+        let mut body = release.clone();
+        body[field] = Value::Null;
+        let created = app.post(&retailer, "/v1/processes", body).await;
+        assert!(
+            created.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "the message names {field}: {}",
+            created.body
+        );
+        assert_refused(&app, created, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    let step = app
+        .post(
+            &retailer,
+            &format!("/v1/processes/{process_id}/steps"),
+            json!({"amount": "1.00", "reference": null}),
+        )
+        .await;
+    assert_refused(&app, step, StatusCode::BAD_REQUEST, "invalid_request").await;
+    for query in [
+        "/v1/events?limit=101",
+        "/v1/events?limit=0",
+        "/v1/processes?status=AAA",
+    ] {
+        let page = app.get(&retailer, query).await;
+        assert_refused(
+            &app,
+            page,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        )
+        .await;
+    }
+    assert_eq!(footprint(&app).await, before);
     app.assert_ledger_holds().await;
 }

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
 use crate::daemon::free_port;
-use crate::helpers::{eur_process, get_json, spawn_app_with, Db, Retailer, TestApp, PIN};
+use crate::helpers::{
+    eur_process, eventually, get_json, spawn_app_with, Db, Retailer, TestApp, PIN,
+};
 use crate::on_both_databases;
 
 const RECEIVER: &str = concat!(
@@ -111,22 +113,6 @@ impl WebhookReceiver {
     pub async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
-}
-
-/// Waits until `condition` holds, for at most `seconds`.
-async fn eventually<F: std::future::Future<Output = bool>>(
-    seconds: u64,
-    what: &str,
-    mut condition: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 /// A test app whose retries come quickly and whose webhook timeout is short.

@@ -48,6 +48,8 @@ struct ConsoleLine<'a> {
     message_id: &'a str,
     intended_channel: &'static str,
     retailer_id: Option<&'a str>,
+    description: Option<&'a str>,
+    reference: Option<&'a str>,
     language: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload: Option<&'a serde_json::Value>,
@@ -74,6 +76,8 @@ impl ConsoleChannel {
             message_id: &message.id,
             intended_channel: message.intended_channel.as_str(),
             retailer_id: message.retailer_id.as_deref(),
+            description: message.description.as_deref(),
+            reference: message.reference.as_deref(),
             language: &message.language,
             payload: message.payload.as_ref(),
         };
@@ -135,6 +139,8 @@ mod tests {
             retailer_id: Some("r1".into()),
             process_id: Some("p1".into()),
             code: Some("123456".into()),
+            description: None,
+            reference: None,
             language: "en".into(),
             text: "Pay 5.00 EUR".into(),
             url: Some("http://x/c/t".into()),
