@@ -233,18 +233,25 @@ async fn serve(
     .await
 }
 
-/// Expires confirmation requests and idle processes on a timer.
+/// Expires confirmation requests and idle processes, and prunes what is past its
+/// retention, on a timer.
 async fn run_sweeper(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis(engine.settings.engine.sweep_interval_ms);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match engine.expire_due().await {
-            // A full batch may mean more is due: go again at once.
-            Ok(expired) if expired > 0 => continue,
-            Ok(_) => {}
-            Err(error) => tracing::error!(error = %error, "Expiry sweep failed"),
+        let expired = engine.expire_due().await.unwrap_or_else(|error| {
+            tracing::error!(error = %error, "Expiry sweep failed");
+            0
+        });
+        let pruned = engine.prune_due().await.unwrap_or_else(|error| {
+            tracing::error!(error = %error, "Retention sweep failed");
+            0
+        });
+        // Work done may mean more is due: go again at once.
+        if expired > 0 || pruned > 0 {
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

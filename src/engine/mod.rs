@@ -11,6 +11,7 @@ mod inbound;
 mod operator;
 mod pin;
 mod process;
+mod retention;
 pub mod rows;
 mod step;
 pub mod texts;

@@ -14,6 +14,7 @@ mod email;
 mod expiry;
 mod idempotency;
 mod operations;
+mod retention;
 mod routing;
 mod security;
 mod sms;

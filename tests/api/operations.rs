@@ -12,7 +12,44 @@ use crate::on_both_databases;
 on_both_databases!(
     the_cli_adds_customers_deposits_and_retailers_and_verifies_the_ledger,
     health_metrics_and_the_openapi_document_are_served,
+    metrics_can_move_to_a_listener_of_their_own,
 );
+
+async fn metrics_can_move_to_a_listener_of_their_own(db: Db) {
+    let port = crate::daemon::free_port();
+    let app = crate::helpers::spawn_app_with(db, |settings| {
+        settings.http.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    })
+    .await;
+    let public = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        public.status(),
+        StatusCode::NOT_FOUND,
+        "not on the public listener"
+    );
+    let scraped = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("# TYPE paystep_processes gauge"), "{text}");
+    let other = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND, "only metrics there");
+}
 
 async fn paystep(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_paystep"))
