@@ -89,7 +89,8 @@ impl Throttle {
     /// Counts one failed guess from `source` at `target`. `Err` when either is over its
     /// quota: the caller answers 429 with the wait it gives.
     pub fn failure(&self, guess: Guess, source: IpAddr, target: &str) -> Result<(), RetryAfter> {
-        if self.failures.fetch_add(1, Ordering::Relaxed) % FAILURES_BETWEEN_CLEANUPS == 0 {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed);
+        if failures.is_multiple_of(FAILURES_BETWEEN_CLEANUPS) {
             self.per_source.retain_recent();
             self.per_target.retain_recent();
         }
