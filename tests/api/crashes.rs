@@ -65,7 +65,7 @@ async fn load(
     let mut round = 0u64;
     while !stop.load(Ordering::SeqCst) {
         round += 1;
-        let (path, body) = if round % 5 == 0 {
+        let (path, body) = if round.is_multiple_of(5) {
             (
                 "/v1/processes".to_string(),
                 json!({"currency": "EUR", "release": "1.00", "description": "Till 3"}),
