@@ -41,15 +41,19 @@ fi
 chromium --version
 chromedriver --version
 
-say "Python peers (webhook receiver, SMTP server)"
+say "Python peers (webhook receiver, SMTP server, schemathesis)"
 # The receiver verifies signatures with an independent Standard Webhooks implementation.
 python3 -c 'import standardwebhooks' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
 # The SMTP server for the email tests (STARTTLS and AUTH required).
 python3 -c 'import aiosmtpd' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
+# The OpenAPI document is checked against the API by an independent tester.
+python3 -c 'import schemathesis' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
 python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 python3 -c 'import standardwebhooks; print("standardwebhooks", standardwebhooks.__name__, "ready")'
+python3 -c 'import schemathesis; print("schemathesis", schemathesis.__version__)'
 
 say "Test SMSC (npm smpp@0.5.1, from tests/peers/smsc/package-lock.json)"
 if [ ! -d tests/peers/smsc/node_modules/smpp ]; then

@@ -13,6 +13,7 @@ mod durability;
 mod email;
 mod expiry;
 mod idempotency;
+mod openapi;
 mod operations;
 mod retention;
 mod routing;
