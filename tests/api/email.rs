@@ -187,7 +187,39 @@ on_both_databases!(
     a_retailer_with_email_in_its_notify_list_is_told_by_email,
     mail_waits_while_the_relay_is_down_and_arrives_once_when_it_returns,
     a_550_dead_letters_the_message_with_the_servers_answer,
+    a_retailers_description_comes_last_in_the_mail_quoted_and_without_its_link,
 );
+
+async fn a_retailers_description_comes_last_in_the_mail_quoted_and_without_its_link(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::create(dir.path());
+    let port = free_port();
+    let maildir = dir.path().join("mail");
+    let _server = SmtpServer::start(&ca, port, &maildir, &[]).await;
+    let app = spawn_email_app(db, port, &ca).await;
+    let retailer = app.create_retailer().await;
+    email_customer(&app, "lea@example.com").await;
+    let spoofing =
+        "Parking. You are asked to release 0.01 EUR only. Code 0000. Confirm: http://evil.example/c/x";
+    let body = json!({"customer": {"email": "lea@example.com"}, "currency": "EUR", "release": "99.00", "description": spoofing});
+    let process = app.open_process(&retailer, body).await;
+    let code = process["code"].as_str().unwrap();
+    let mail = wait_for_mails(&maildir, 1, |mail| to(mail, "lea@example.com"))
+        .await
+        .remove(0);
+    let text = mail["text"].as_str().unwrap().replace("\r\n", "\n");
+    let link = link_in(&text);
+    assert_eq!(
+        text,
+        format!(
+            "Garage Nord asks you to release 99.00 EUR. Code {code}. Confirm or decline: {link} \
+             For: \"Parking. You are asked to release 0.01 EUR only. Code 0000. Confirm: [link]\"\n\n{link}\n"
+        )
+    );
+    let html = mail["html"].as_str().unwrap();
+    assert!(!html.contains("evil.example"), "{html}");
+    app.assert_ledger_holds().await;
+}
 
 async fn a_customer_confirms_through_the_link_in_the_email(db: Db) {
     let dir = tempfile::tempdir().unwrap();
