@@ -162,9 +162,17 @@ pub async fn run() -> ExitCode {
     }
 }
 
+/// Libraries that log what passes through them at debug level, secrets included: the SMPP
+/// codec prints every PDU (a reply's PIN, the bind password). They never log below info,
+/// whatever the configured level.
+const VERBOSE_WITH_SECRETS: [&str; 2] = ["rusmpp=info", "rusmppc=info"];
+
 fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    for directive in VERBOSE_WITH_SECRETS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     // Logs go to stderr so that stdout carries only console-channel lines and command output.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -122,8 +122,8 @@ pub struct SecuritySettings {
     /// are answered 429. Correct requests are never counted.
     pub failures_per_source_burst: u32,
     pub failures_per_source_per_minute: u32,
-    /// The same, per target: one API key (by its first characters), the admin token, one
-    /// confirmation link.
+    /// The same, per target: the presented key or link (by its first characters, so that
+    /// repeated tries of one count together), or the one admin token.
     pub failures_per_target_burst: u32,
     pub failures_per_target_per_minute: u32,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
@@ -156,7 +156,7 @@ fn parse_net(entry: &str) -> Option<ipnet::IpNet> {
 pub struct RetentionSettings {
     /// Saved answers to `Idempotency-Key`s are kept at least this long (at least a day).
     pub idempotency_keys_s: i64,
-    /// Answered or expired confirmation requests of ended processes, and their PIN tries.
+    /// Answered or expired confirmation requests (their PIN tries stay, unlinked).
     pub confirmations_s: i64,
     pub pin_attempts_s: i64,
     /// Delivered outbox messages (dead letters stay until requeued or looked at).

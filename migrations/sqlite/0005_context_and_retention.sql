@@ -12,3 +12,4 @@ CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at_ms);
 CREATE INDEX confirmations_resolved_by_age ON confirmations (resolved_at_ms) WHERE status <> 'pending';
 CREATE INDEX pin_attempts_by_age ON pin_attempts (created_at_ms);
 CREATE INDEX pin_attempts_by_confirmation ON pin_attempts (confirmation_id);
+CREATE INDEX delivery_receipts_by_age ON delivery_receipts (received_at_ms);

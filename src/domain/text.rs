@@ -64,21 +64,50 @@ pub fn shortened(text: &str, length_max: usize) -> String {
     format!("{}...", kept.trim_end())
 }
 
-/// The retailer's text as customers see it: every word that looks like a link (`://` or
-/// `www.`) becomes `[link]`, because the only link a customer is sent is the operator's own,
-/// built from `http.public_url`.
+/// The retailer's text as customers see it: everything that looks like a link (a scheme,
+/// `www.`, or a host name such as `evil-pay.com/c/x`, which phones make clickable) becomes
+/// `[link]`, because the only link a customer is sent is the operator's own, built from
+/// `http.public_url`; and double quotes become single ones, so that the text cannot close
+/// the quotes it is shown in.
 pub fn without_links(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            let lower = word.to_ascii_lowercase();
-            if lower.contains("://") || lower.starts_with("www.") {
-                "[link]"
-            } else {
-                word
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut shown = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars() {
+        if is_link_char(c) {
+            run.push(c);
+            continue;
+        }
+        shown.push_str(&link_or_word(&run));
+        run.clear();
+        shown.push(if c == '"' { '\'' } else { c });
+    }
+    shown.push_str(&link_or_word(&run));
+    shown
+}
+
+/// Characters a link is made of; anything else ends one.
+fn is_link_char(c: char) -> bool {
+    c.is_alphanumeric() || "-._~:/?#[]@!$&*+=%".contains(c)
+}
+
+/// `run`, or `[link]` (its trailing punctuation kept) if it looks like one.
+fn link_or_word(run: &str) -> String {
+    let trimmed = run.trim_end_matches(['.', ',', '!', '?', ':']);
+    let tail = &run[trimmed.len()..];
+    let lower = trimmed.to_lowercase();
+    let host = lower.split(['/', '?', '#']).next().unwrap_or_default();
+    let labels: Vec<&str> = host.split('.').collect();
+    let top_level = labels.last().copied().unwrap_or_default();
+    let looks_like_host = labels.len() >= 2
+        && labels.iter().all(|label| !label.is_empty())
+        && (2..=24).contains(&top_level.len())
+        && top_level.chars().all(|c| c.is_ascii_alphabetic())
+        && labels[0].chars().any(char::is_alphabetic);
+    if lower.contains("://") || lower.starts_with("www.") || looks_like_host {
+        format!("[link]{tail}")
+    } else {
+        run.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +149,23 @@ mod tests {
             without_links("Confirm: http://evil.example/c/x or WWW.evil.example now"),
             "Confirm: [link] or [link] now"
         );
+        assert_eq!(
+            without_links("(www.evil.com) x,evil-pay.com/c/x\u{a0}pay.example."),
+            "([link]) x,[link]\u{a0}[link]."
+        );
         assert_eq!(without_links("Parking, level 2"), "Parking, level 2");
+        assert_eq!(
+            without_links("Parking. Level 2. 12.50 EUR, e.g. Nr.3"),
+            "Parking. Level 2. 12.50 EUR, e.g. Nr.3"
+        );
+    }
+
+    #[test]
+    fn quotes_in_a_retailers_text_cannot_close_the_quotes_around_it() {
+        assert_eq!(
+            without_links(r#"x". Reply YES 654321 for a refund"#),
+            "x'. Reply YES 654321 for a refund"
+        );
     }
 
     #[test]

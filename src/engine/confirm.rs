@@ -366,26 +366,25 @@ impl Engine {
             .verified
             .as_ref()
             .and_then(|verified| verified.verdict_for(pin_text, pin_hash));
+        // Without a verdict (the lockout ended since, or the PIN changed) the hash runs
+        // here, in the transaction: rare, and still off the async workers.
         let correct = match verdict {
             Some(correct) => correct,
-            None => {
-                pin::verify(pin_text, pin_hash)
-                    .await?
-                    .verdict_for(pin_text, pin_hash)
-                    == Some(true)
-            }
+            None => pin::verify(&self.pin_hashing, pin_text, pin_hash)
+                .await?
+                .correct(),
         };
         if correct {
             if let Some(until_ms) = pin::accept_pin(&mut *conn, &customer.id, now_ms).await? {
                 let outcome = self
-                    .refuse_locked_out(conn, customer, confirmation, answer, until_ms, now_ms)
+                    .refuse_locked_out(conn, customer, Some(confirmation), answer, until_ms, now_ms)
                     .await?;
                 return Ok(PinCheck::Refused(outcome));
             }
             pin::log_attempt(
                 conn,
                 customer,
-                confirmation,
+                Some(confirmation),
                 answer.channel,
                 "accepted",
                 now_ms,
@@ -404,7 +403,7 @@ impl Engine {
         let locked_until_ms = match counted {
             pin::WrongPinCount::LockedOut { until_ms } => {
                 let outcome = self
-                    .refuse_locked_out(conn, customer, confirmation, answer, until_ms, now_ms)
+                    .refuse_locked_out(conn, customer, Some(confirmation), answer, until_ms, now_ms)
                     .await?;
                 return Ok(PinCheck::Refused(outcome));
             }
@@ -419,7 +418,7 @@ impl Engine {
         pin::log_attempt(
             conn,
             customer,
-            confirmation,
+            Some(confirmation),
             answer.channel,
             "wrong",
             now_ms,
@@ -454,10 +453,11 @@ impl Engine {
         if pin::lockout_end(customer, self.now_ms()).is_some() {
             return Ok(None);
         }
-        Ok(Some(pin::verify(pin, pin_hash).await?))
+        Ok(Some(pin::verify(&self.pin_hashing, pin, pin_hash).await?))
     }
 
-    /// `verify_pin_ahead` for the customer of the request behind `token`.
+    /// `verify_pin_ahead` for the customer of the request behind `token`, while that
+    /// request can still be approved: an answered or expired one is never hashed for.
     pub async fn verify_pin_for_token(
         &self,
         token: &str,
@@ -468,21 +468,20 @@ impl Engine {
         }
         let customer = {
             let mut conn = self.store.reader().acquire().await?;
-            let Some(confirmation) =
-                rows::confirmation_by_token_hash(&mut conn, &secret_hash(token)).await?
-            else {
+            let confirmation = rows::confirmation_by_token_hash(&mut conn, &secret_hash(token))
+                .await?
+                .filter(|confirmation| {
+                    rows::is_pending(confirmation) && confirmation.expires_at_ms > self.now_ms()
+                });
+            let Some(confirmation) = confirmation else {
                 return Ok(None);
             };
-            let process = rows::load_process(&mut conn, &confirmation.process_id).await?;
-            match process.and_then(|process| process.customer_id) {
-                Some(customer_id) => rows::load_customer(&mut conn, &customer_id).await?,
-                None => None,
-            }
+            let process = rows::load_process(&mut conn, &confirmation.process_id)
+                .await?
+                .ok_or(EngineError::NotFound("process"))?;
+            self.process_customer(&mut conn, &process).await?
         };
-        match customer {
-            Some(customer) => self.verify_pin_ahead(&customer, pin).await,
-            None => Ok(None),
-        }
+        self.verify_pin_ahead(&customer, pin).await
     }
 
     async fn refuse_if_locked_out(
@@ -505,8 +504,11 @@ impl Engine {
         if customer.pin_hash.is_none() {
             return Ok(None);
         }
+        // A request no longer pending may be pruned at any moment: the try is logged
+        // without it.
+        let pending = rows::is_pending(confirmation).then_some(confirmation);
         let outcome = self
-            .refuse_locked_out(conn, &customer, confirmation, answer, until_ms, now_ms)
+            .refuse_locked_out(conn, &customer, pending, answer, until_ms, now_ms)
             .await?;
         Ok(Some(outcome))
     }
@@ -516,7 +518,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         customer: &CustomerRow,
-        confirmation: &ConfirmationRow,
+        confirmation: Option<&ConfirmationRow>,
         answer: &Answer,
         until_ms: i64,
         now_ms: i64,

@@ -112,29 +112,40 @@ impl Engine {
         Ok(())
     }
 
-    /// Verifies the PIN a reply carries before its transaction begins. A lone word after
-    /// YES may be the PIN of the one open request, so that word is verified when no other
-    /// PIN is given.
+    /// Verifies the PIN a reply carries before its transaction begins, when there is a
+    /// request it could answer. A lone word after YES that is no open request's code may
+    /// be the PIN of the one open request, so that word is verified when no PIN is given.
     async fn verify_sender_pin_ahead(
         &self,
         message: &InboundMessage,
     ) -> Result<Option<VerifiedPin>, EngineError> {
-        let (from, candidate) = match message {
+        let mut conn = self.store.reader().acquire().await?;
+        let (customer, candidate) = match message {
             InboundMessage::Approve {
                 from, code, pin, ..
-            } => (from, pin.as_ref().or(code.as_ref())),
-            InboundMessage::Pay { from, pin, .. } => (from, pin.as_ref()),
+            } => {
+                let Some(customer) = self.sender(&mut conn, from).await? else {
+                    return Ok(None);
+                };
+                let open = self.open_requests(&mut conn, &customer.id).await?;
+                let code_is_open = |code: &String| open.iter().any(|request| &request.code == code);
+                let candidate = match (pin, code) {
+                    _ if open.is_empty() => None,
+                    (Some(pin), _) => Some(pin),
+                    (None, Some(word)) if !code_is_open(word) => Some(word),
+                    (None, _) => None,
+                };
+                (customer, candidate)
+            }
+            InboundMessage::Pay { from, pin, .. } => match self.sender(&mut conn, from).await? {
+                Some(customer) => (customer, pin.as_ref()),
+                None => return Ok(None),
+            },
             _ => return Ok(None),
         };
-        let Some(candidate) = candidate else {
-            return Ok(None);
-        };
-        let sender = {
-            let mut conn = self.store.reader().acquire().await?;
-            self.sender(&mut conn, from).await?
-        };
-        match sender {
-            Some(customer) => self.verify_pin_ahead(&customer, Some(candidate)).await,
+        drop(conn);
+        match candidate {
+            Some(candidate) => self.verify_pin_ahead(&customer, Some(candidate)).await,
             None => Ok(None),
         }
     }

@@ -92,6 +92,9 @@ pub struct Engine {
     pub settings: Arc<Settings>,
     pub clock: SharedClock,
     pub channels: ChannelAvailability,
+    /// Bounds the argon2id hashes running at once: each takes tens of milliseconds and
+    /// 19 MiB, and guesses must not be able to take the machine.
+    pub(crate) pin_hashing: pin::HashingSlots,
 }
 
 impl Engine {
@@ -106,6 +109,7 @@ impl Engine {
             settings,
             clock,
             channels,
+            pin_hashing: pin::HashingSlots::for_this_machine(),
         }
     }
 

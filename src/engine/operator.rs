@@ -32,7 +32,7 @@ pub struct NewRetailer {
 }
 
 /// Shown once: only hashes of the API key are kept.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Clone, Serialize)]
 pub struct RetailerCredentials {
     pub id: String,
     pub name: String,
@@ -40,6 +40,18 @@ pub struct RetailerCredentials {
     pub webhook_secret: String,
     pub notify: Vec<ChannelName>,
     pub receipt_policy: &'static str,
+}
+
+// The key and the secret are secrets: never print them.
+impl std::fmt::Debug for RetailerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetailerCredentials")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("api_key", &"<redacted>")
+            .field("webhook_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +87,7 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
         let pin_hash = match &customer.pin {
-            Some(pin) => Some(super::pin::hash(pin).await?),
+            Some(pin) => Some(super::pin::hash(&self.pin_hashing, pin).await?),
             None => None,
         };
         let inserted = sqlx::query(

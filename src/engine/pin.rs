@@ -9,9 +9,12 @@
 //! so a lock once set can never be cleared or skipped by a racing answer.
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use std::sync::Arc;
+
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use paystep_channels::ChannelName;
 use sqlx::AnyConnection;
+use tokio::sync::Semaphore;
 
 use super::rows::{ConfirmationRow, CustomerRow};
 use super::EngineError;
@@ -39,12 +42,42 @@ impl VerifiedPin {
     pub fn verdict_for(&self, pin: &str, pin_hash: &str) -> Option<bool> {
         (self.pin == pin && self.pin_hash == pin_hash).then_some(self.correct)
     }
+
+    pub fn correct(&self) -> bool {
+        self.correct
+    }
 }
 
-/// Checks `pin` against `pin_hash` on the blocking pool.
-pub async fn verify(pin: &str, pin_hash: &str) -> Result<VerifiedPin, EngineError> {
+/// How many argon2id hashes may run at once: one per core. More would only queue on the
+/// cores and multiply the memory; fewer would leave a core idle.
+#[derive(Clone)]
+pub struct HashingSlots(Arc<Semaphore>);
+
+impl HashingSlots {
+    pub fn for_this_machine() -> HashingSlots {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        HashingSlots(Arc::new(Semaphore::new(cores)))
+    }
+
+    async fn take(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| EngineError::Invariant("the PIN hashing slots were closed".into()))
+    }
+}
+
+/// Checks `pin` against `pin_hash` on the blocking pool, in one of the hashing slots.
+pub async fn verify(
+    slots: &HashingSlots,
+    pin: &str,
+    pin_hash: &str,
+) -> Result<VerifiedPin, EngineError> {
     let (pin, pin_hash) = (pin.to_string(), pin_hash.to_string());
+    let slot = slots.take().await?;
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let correct = Pin::parse(&pin).is_ok_and(|parsed| verify_blocking(&parsed, &pin_hash));
         VerifiedPin {
             pin,
@@ -68,10 +101,12 @@ fn verify_blocking(pin: &Pin, pin_hash: &str) -> bool {
     }
 }
 
-/// Hashes a new PIN with argon2id on the blocking pool.
-pub async fn hash(pin: &Pin) -> Result<String, EngineError> {
+/// Hashes a new PIN with argon2id on the blocking pool, in one of the hashing slots.
+pub async fn hash(slots: &HashingSlots, pin: &Pin) -> Result<String, EngineError> {
     let pin = pin.clone();
+    let slot = slots.take().await?;
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(pin.expose().as_bytes(), &salt)
@@ -169,11 +204,12 @@ pub fn lockout_end(customer: &CustomerRow, now_ms: i64) -> Option<i64> {
         .filter(|until_ms| *until_ms > now_ms)
 }
 
-/// Every try is logged, accepted or not.
+/// Every try is logged, accepted or not; with the request it answered while that is
+/// pending (a resolved request may be pruned at any time).
 pub async fn log_attempt(
     conn: &mut AnyConnection,
     customer: &CustomerRow,
-    confirmation: &ConfirmationRow,
+    confirmation: Option<&ConfirmationRow>,
     channel: ChannelName,
     outcome: &str,
     now_ms: i64,
@@ -184,7 +220,7 @@ pub async fn log_attempt(
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(&customer.id)
-    .bind(&confirmation.id)
+    .bind(confirmation.map(|confirmation| confirmation.id.as_str()))
     .bind(channel.as_str())
     .bind(outcome)
     .bind(now_ms)

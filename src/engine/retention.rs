@@ -8,7 +8,8 @@ use super::{Engine, EngineError};
 
 /// One kind of row that ages out: the statements that delete one batch of it, in order, in
 /// one transaction. Each statement binds `$1` (the cut-off time) and `$2` (the batch size)
-/// and selects the same batch, so dependent rows go first.
+/// and selects the same batch (the order has a unique tie-break, and rows past the cut-off
+/// never change), so dependent rows go first.
 struct Prune {
     what: &'static str,
     statements: &'static [&'static str],
@@ -19,14 +20,14 @@ const IDEMPOTENCY_KEYS: Prune = Prune {
     what: "idempotency keys",
     statements: &["DELETE FROM idempotency_keys WHERE (scope, key) IN \
          (SELECT scope, key FROM idempotency_keys WHERE created_at_ms < $1 \
-          ORDER BY created_at_ms LIMIT $2)"],
+          ORDER BY created_at_ms, scope, key LIMIT $2)"],
 };
 
 /// The batch of delivered messages every statement of `DELIVERED_MESSAGES` selects.
 macro_rules! delivered_batch {
     () => {
         "SELECT id FROM outbox WHERE status = 'delivered' \
-         AND delivered_at_ms < $1 ORDER BY delivered_at_ms LIMIT $2"
+         AND delivered_at_ms < $1 ORDER BY delivered_at_ms, id LIMIT $2"
     };
 }
 
@@ -56,10 +57,10 @@ const RESOLVED_CONFIRMATIONS: Prune = Prune {
     statements: &[
         "UPDATE pin_attempts SET confirmation_id = NULL WHERE confirmation_id IN \
          (SELECT id FROM confirmations WHERE status <> 'pending' AND resolved_at_ms < $1 \
-          ORDER BY resolved_at_ms LIMIT $2)",
+          ORDER BY resolved_at_ms, id LIMIT $2)",
         "DELETE FROM confirmations WHERE id IN \
          (SELECT id FROM confirmations WHERE status <> 'pending' AND resolved_at_ms < $1 \
-          ORDER BY resolved_at_ms LIMIT $2)",
+          ORDER BY resolved_at_ms, id LIMIT $2)",
     ],
 };
 
@@ -67,7 +68,18 @@ const RESOLVED_CONFIRMATIONS: Prune = Prune {
 const PIN_ATTEMPTS: Prune = Prune {
     what: "PIN attempts",
     statements: &["DELETE FROM pin_attempts WHERE id IN \
-         (SELECT id FROM pin_attempts WHERE created_at_ms < $1 ORDER BY created_at_ms LIMIT $2)"],
+         (SELECT id FROM pin_attempts WHERE created_at_ms < $1 \
+          ORDER BY created_at_ms, id LIMIT $2)"],
+};
+
+/// Delivery receipts that never found their message (the rest go with it).
+const UNMATCHED_RECEIPTS: Prune = Prune {
+    what: "delivery receipts",
+    statements: &[
+        "DELETE FROM delivery_receipts WHERE (channel, remote_id) IN \
+         (SELECT channel, remote_id FROM delivery_receipts WHERE received_at_ms < $1 \
+          ORDER BY received_at_ms, channel, remote_id LIMIT $2)",
+    ],
 };
 
 impl Engine {
@@ -81,6 +93,7 @@ impl Engine {
             (&DELIVERED_MESSAGES, retention.delivered_outbox_s),
             (&RESOLVED_CONFIRMATIONS, retention.confirmations_s),
             (&PIN_ATTEMPTS, retention.pin_attempts_s),
+            (&UNMATCHED_RECEIPTS, retention.delivered_outbox_s),
         ];
         let mut pruned = 0;
         for (prune, age_s) in ages_s {

@@ -8,7 +8,7 @@ use crate::domain::{
     TopUpPolicyKind,
 };
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct RetailerRow {
     pub id: String,
     pub name: String,
@@ -20,6 +20,18 @@ pub struct RetailerRow {
     pub webhook_secret_previous: Option<String>,
     pub webhook_secret_previous_until_ms: Option<i64>,
     pub receipt_policy: String,
+}
+
+// The signing secrets are secrets: never print them.
+impl std::fmt::Debug for RetailerRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetailerRow")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("notify", &self.notify)
+            .field("webhook_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl RetailerRow {
@@ -58,7 +70,7 @@ impl RetailerRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct CustomerRow {
     pub id: String,
     pub msisdn: Option<String>,
@@ -69,6 +81,19 @@ pub struct CustomerRow {
     pub pin_hash: Option<String>,
     pub pin_failures: i64,
     pub pin_locked_until_ms: Option<i64>,
+}
+
+// A PIN's hash can be attacked offline (PINs are short): never print it.
+impl std::fmt::Debug for CustomerRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomerRow")
+            .field("id", &self.id)
+            .field("language", &self.language)
+            .field("pin_set", &self.pin_hash.is_some())
+            .field("pin_failures", &self.pin_failures)
+            .field("pin_locked_until_ms", &self.pin_locked_until_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CustomerRow {

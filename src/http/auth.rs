@@ -64,6 +64,11 @@ impl FromRequestParts<AppState> for Admin {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).unwrap_or_default();
+        // The operator chose this token: a source over its quota is refused unchecked.
+        let source = state.throttle.client_of(parts);
+        if let Some(retry_after) = state.throttle.blocked(Guess::AdminToken, source) {
+            return Err(ApiError::too_many_requests(retry_after));
+        }
         if constant_time_equal(
             token.as_bytes(),
             state.engine.settings.admin.token.as_bytes(),

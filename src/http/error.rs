@@ -245,7 +245,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             "the body does not match the request schema: `{path}` is null; leave the field out instead"
         )));
     }
-    serde_json::from_value(value).map_err(json_error)
+    // From the bytes again, not from `value`: a map keeps only the last of two equal keys,
+    // and a body that says `amount` twice must be refused, not read one way here and
+    // another by a proxy in front.
+    serde_json::from_slice(body).map_err(json_error)
 }
 
 /// The path of the first `null` in a request body. No field of any request is nullable:

@@ -128,8 +128,9 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
     tracing::info_span!("request", method = %request.method(), route)
 }
 
-/// A POST to the API carries JSON or nothing: any other Content-Type, or a body without
-/// one, is 415 before anything is read.
+/// A POST to the API carries JSON or nothing: a body with any other Content-Type, or
+/// without one, is 415 before anything is read. An empty body may say what it likes
+/// (`curl -X POST -d ''` says it is a form).
 async fn require_json(
     request: axum::extract::Request,
     next: axum::middleware::Next,
@@ -141,20 +142,19 @@ async fn require_json(
 }
 
 fn json_or_empty(headers: &HeaderMap) -> bool {
+    let declared_empty = headers
+        .get(CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() == b"0");
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || (headers.contains_key(CONTENT_LENGTH) && !declared_empty);
     match headers.get(CONTENT_TYPE) {
+        _ if !has_body => true,
         Some(value) => value
             .to_str()
             .ok()
             .and_then(|text| text.split(';').next())
             .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json")),
-        None => {
-            let declared_empty = headers
-                .get(CONTENT_LENGTH)
-                .is_some_and(|length| length.as_bytes() == b"0");
-            let has_body = headers.contains_key(TRANSFER_ENCODING)
-                || (headers.contains_key(CONTENT_LENGTH) && !declared_empty);
-            !has_body
-        }
+        None => false,
     }
 }
 

@@ -420,6 +420,11 @@ pub async fn answer(
     let outcome = match approve {
         Some(approve) => {
             let pin = form.and_then(|form| form.pin);
+            // A source that guessed too many PINs is refused before any PIN is checked.
+            if let (true, Some(retry_after)) = (approve, state.throttle.blocked(Guess::Pin, source))
+            {
+                return too_many_requests(retry_after);
+            }
             match submit(&state, &token, approve, pin).await {
                 Ok(Some(outcome)) => Some(outcome),
                 Ok(None) => return unknown_token(&state, source, &token),
@@ -431,7 +436,12 @@ pub async fn answer(
         }
         None => None,
     };
-    if let Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinTriesExceeded) = outcome {
+    if let Some(
+        AnswerOutcome::WrongPin { .. }
+        | AnswerOutcome::PinTriesExceeded
+        | AnswerOutcome::LockedOut { .. },
+    ) = outcome
+    {
         if let Err(retry_after) = state.throttle.failure(Guess::Pin, source, &token) {
             tracing::warn!(source = %source, guess = Guess::Pin.as_str(), "Wrong PINs throttled");
             return too_many_requests(retry_after);
@@ -444,7 +454,7 @@ pub async fn answer(
     .await;
     match page {
         Ok(Some(page)) => answered(&state, &page, &token, outcome),
-        Ok(None) => not_found(),
+        Ok(None) => unknown_token(&state, source, &token),
         Err(error) => {
             tracing::error!(error = %error, "Cannot show an answered confirmation page");
             internal_error()

@@ -16,7 +16,9 @@ use super::error::{money_error, parse_json, ApiError};
 use super::idempotency::{self, OperationFuture};
 use super::ids::ResourceId;
 use super::AppState;
-use crate::domain::{Currency, Email, FieldError, Msisdn, ProcessStatus, TopUpPolicyKind};
+use crate::domain::{
+    free_text, Currency, Email, FieldError, Msisdn, ProcessStatus, TopUpPolicyKind,
+};
 use crate::engine::event_json;
 use crate::engine::rows;
 use crate::engine::views::{ProcessView, StepView};
@@ -66,19 +68,6 @@ pub struct CreateStepBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloseBody {}
-
-/// Free text from a retailer: bounded, and without characters that could disguise it.
-fn text_field(
-    field: &'static str,
-    value: Option<String>,
-    length_max: usize,
-) -> Result<Option<String>, ApiError> {
-    Ok(crate::domain::free_text(
-        field,
-        value.as_deref(),
-        length_max,
-    )?)
-}
 
 impl CreateProcessBody {
     fn into_domain(self, state: &AppState) -> Result<NewProcess, ApiError> {
@@ -167,8 +156,12 @@ impl CreateProcessBody {
             currency,
             release,
             charge,
-            description: text_field("description", self.description, DESCRIPTION_LENGTH_MAX)?,
-            reference: text_field("reference", self.reference, REFERENCE_LENGTH_MAX)?,
+            description: free_text(
+                "description",
+                self.description.as_deref(),
+                DESCRIPTION_LENGTH_MAX,
+            )?,
+            reference: free_text("reference", self.reference.as_deref(), REFERENCE_LENGTH_MAX)?,
             channel,
             top_up,
             inactivity_s,
@@ -269,8 +262,16 @@ pub async fn create_step(
         .map_err(|error| money_error("amount", error))?;
     let step = NewStep {
         amount,
-        description: text_field("description", request.description, DESCRIPTION_LENGTH_MAX)?,
-        reference: text_field("reference", request.reference, REFERENCE_LENGTH_MAX)?,
+        description: free_text(
+            "description",
+            request.description.as_deref(),
+            DESCRIPTION_LENGTH_MAX,
+        )?,
+        reference: free_text(
+            "reference",
+            request.reference.as_deref(),
+            REFERENCE_LENGTH_MAX,
+        )?,
     };
     let request_line = format!("POST /v1/processes/{process_id}/steps");
     idempotent(&state, retailer.id.clone(), key, request_line, &body, move |conn| -> OperationFuture<'_> {

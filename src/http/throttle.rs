@@ -5,14 +5,19 @@
 //! once a source or a target has failed more often than its quota allows, further failures
 //! are answered 429 with `Retry-After` instead of 401/404/422. So a retailer with a good key
 //! is never slowed by an attacker behind the same address (a carrier's NAT, a shared
-//! proxy), and thousands of good steps per second cost no limiter state at all. Every
-//! secret here is 256 random bits, except PINs, which the per-customer lockout in the
-//! engine stops before they are checked; these limits bound the load and the noise.
+//! proxy), and thousands of good steps per second cost no limiter state at all. API keys
+//! and confirmation tokens are 256 random bits: for them the limits bound the noise.
+//!
+//! The admin token is chosen by the operator and PINs are short, so for those two a source
+//! that is over its quota is refused before anything is checked (`blocked`): there, a right
+//! guess from a throttled address is not let through, and no hash is spent on it.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
@@ -53,15 +58,34 @@ pub struct RetryAfter {
 /// attacker spraying addresses or tokens cannot grow them without bound.
 const FAILURES_BETWEEN_CLEANUPS: u64 = 4096;
 
-/// How many characters of a guessed secret identify its target: enough to tell one
-/// hammered key from another, far too few to help anyone guess it.
+/// How many characters of a presented secret group its tries as one target: repeated
+/// tries of one key or link count together, and the prefix tells nobody anything.
 const TARGET_PREFIX_CHARS: usize = 6;
+
+/// The most sources remembered as blocked at once; past it, expired blocks are dropped,
+/// and failures are still answered 429 by the limiters themselves.
+const BLOCKED_SOURCES_MAX: usize = 100_000;
 
 pub struct Throttle {
     per_source: DefaultKeyedRateLimiter<(Guess, IpAddr)>,
     per_target: DefaultKeyedRateLimiter<(Guess, String)>,
+    /// Sources over their quota, until when: checked before a guess is even looked at.
+    blocked: Mutex<HashMap<(Guess, IpAddr), Instant>>,
     trusted_proxies: Vec<IpNet>,
     failures: AtomicU64,
+}
+
+/// The address a source is counted under: an IPv6 client controls a whole /64, so that
+/// is one source; an IPv4 address is one source.
+fn source_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(network))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
+        v4 => v4,
+    }
 }
 
 fn quota(burst: u32, per_minute: u32) -> Quota {
@@ -81,8 +105,41 @@ impl Throttle {
                 settings.failures_per_target_burst,
                 settings.failures_per_target_per_minute,
             )),
+            blocked: Mutex::new(HashMap::new()),
             trusted_proxies: settings.trusted_proxy_nets(),
             failures: AtomicU64::new(0),
+        }
+    }
+
+    /// How long `source` must still wait when it is over its quota for `guess`.
+    pub fn blocked(&self, guess: Guess, source: IpAddr) -> Option<RetryAfter> {
+        let key = (guess, source_key(source));
+        let mut blocked = self
+            .blocked
+            .lock()
+            .expect("the block list is never poisoned");
+        let until = *blocked.get(&key)?;
+        let now = Instant::now();
+        if until <= now {
+            blocked.remove(&key);
+            return None;
+        }
+        Some(RetryAfter {
+            seconds: seconds_rounded_up(until - now),
+        })
+    }
+
+    fn block(&self, key: (Guess, IpAddr), wait: Duration) {
+        let mut blocked = self
+            .blocked
+            .lock()
+            .expect("the block list is never poisoned");
+        let now = Instant::now();
+        if blocked.len() >= BLOCKED_SOURCES_MAX {
+            blocked.retain(|_, until| *until > now);
+        }
+        if blocked.len() < BLOCKED_SOURCES_MAX {
+            blocked.insert(key, now + wait);
         }
     }
 
@@ -95,9 +152,13 @@ impl Throttle {
             self.per_target.retain_recent();
         }
         let target: String = target.chars().take(TARGET_PREFIX_CHARS).collect();
-        let by_source = self.per_source.check_key(&(guess, source));
+        let source = (guess, source_key(source));
+        let by_source = self.per_source.check_key(&source);
         let by_target = self.per_target.check_key(&(guess, target));
         let now = DefaultClock::default().now();
+        if let Err(not_until) = &by_source {
+            self.block(source, not_until.wait_time_from(now));
+        }
         let wait = [by_source.err(), by_target.err()]
             .into_iter()
             .flatten()
@@ -128,7 +189,7 @@ impl Throttle {
         forwarded
             .iter()
             .rev()
-            .map_while(|hop| hop.parse::<IpAddr>().ok())
+            .map_while(|hop| parse_hop(hop))
             .find(|hop| !self.is_trusted(*hop))
             .unwrap_or(peer)
     }
@@ -161,6 +222,13 @@ impl axum::extract::FromRequestParts<super::AppState> for ClientAddress {
     ) -> Result<Self, Self::Rejection> {
         Ok(ClientAddress(state.throttle.client_of(parts)))
     }
+}
+
+/// An `X-Forwarded-For` entry: an address, or an address with a port (`[v6]:port` too).
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|address| address.ip()))
 }
 
 fn seconds_rounded_up(wait: Duration) -> u64 {
@@ -196,12 +264,31 @@ mod tests {
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         assert_eq!(throttle.failure(Guess::ApiKey, other, "abcdef"), Ok(()));
         assert_eq!(throttle.failure(Guess::Pin, source, "abcdef"), Ok(()));
+        // The source is blocked for that guess from now on, before anything is checked.
+        assert!(throttle.blocked(Guess::ApiKey, source).is_some());
+        assert!(throttle.blocked(Guess::ApiKey, other).is_none());
+    }
+
+    #[test]
+    fn one_ipv6_network_is_one_source() {
+        let throttle = Throttle::new(&settings(&[]));
+        for host in 1..=4 {
+            let address: IpAddr = format!("2001:db8::{host}").parse().unwrap();
+            let _ = throttle.failure(Guess::AdminToken, address, "admin");
+        }
+        let same_network: IpAddr = "2001:db8::99".parse().unwrap();
+        assert!(throttle.blocked(Guess::AdminToken, same_network).is_some());
+        let elsewhere: IpAddr = "2001:db8:1::1".parse().unwrap();
+        assert!(throttle.blocked(Guess::AdminToken, elsewhere).is_none());
     }
 
     #[test]
     fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        headers.insert(
+            "x-forwarded-for",
+            "203.0.113.9:5123, 10.0.0.2".parse().unwrap(),
+        );
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let direct = Throttle::new(&settings(&[]));
         assert_eq!(direct.client_address(Some(proxy), &headers), proxy);

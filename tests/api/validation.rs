@@ -566,6 +566,17 @@ async fn extra_decimals_and_null_fields_are_refused_as_the_contract_says(db: Db)
         )
         .await;
     assert_refused(&app, step, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // A field given twice is read one way here and maybe another by a proxy: refused.
+    let twice = r#"{"amount": "1.00", "amount": "9.00"}"#.to_string();
+    let step = app
+        .post_raw(
+            &retailer,
+            &format!("/v1/processes/{process_id}/steps"),
+            twice,
+            None,
+        )
+        .await;
+    assert_refused(&app, step, StatusCode::BAD_REQUEST, "invalid_request").await;
     for query in [
         "/v1/events?limit=101",
         "/v1/events?limit=0",
