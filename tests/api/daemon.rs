@@ -44,25 +44,38 @@ pub async fn start_daemon_on(
     port: u16,
     settings: &[(&str, &str)],
 ) -> Daemon {
-    start_daemon_with(database_url, console_path, port, settings, Stdio::inherit()).await
-}
-
-/// Starts the daemon with its log (stderr) written to `log_path`.
-pub async fn start_daemon_logging(
-    database_url: &str,
-    console_path: &Path,
-    log_path: &Path,
-    settings: &[(&str, &str)],
-) -> Daemon {
-    let log = std::fs::File::create(log_path).expect("the log file can be created");
     start_daemon_with(
         database_url,
         console_path,
-        free_port(),
+        port,
         settings,
-        log.into(),
+        Launch::default(),
     )
     .await
+}
+
+/// How the daemon is started beyond its settings: extra arguments, where its log goes.
+#[derive(Default)]
+struct Launch<'a> {
+    args: &'a [&'a std::ffi::OsStr],
+    log: Option<std::fs::File>,
+}
+
+/// Starts the daemon with a configuration file laid over the defaults and its log
+/// (stderr) written to `log_path`.
+pub async fn start_daemon_logging(
+    database_url: &str,
+    console_path: &Path,
+    (config_path, log_path): (&Path, &Path),
+    settings: &[(&str, &str)],
+) -> Daemon {
+    let log = std::fs::File::create(log_path).expect("the log file can be created");
+    let args = ["--config".as_ref(), config_path.as_os_str()];
+    let launch = Launch {
+        args: &args,
+        log: Some(log),
+    };
+    start_daemon_with(database_url, console_path, free_port(), settings, launch).await
 }
 
 async fn start_daemon_with(
@@ -70,11 +83,13 @@ async fn start_daemon_with(
     console_path: &Path,
     port: u16,
     settings: &[(&str, &str)],
-    log: Stdio,
+    launch: Launch<'_>,
 ) -> Daemon {
+    let log = launch.log.map_or_else(Stdio::inherit, Stdio::from);
     let base = format!("http://127.0.0.1:{port}");
     let child = paystep(database_url)
         .arg("serve")
+        .args(launch.args)
         .env("PAYSTEP__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("PAYSTEP__HTTP__PUBLIC_URL", &base)
         .env("PAYSTEP__CHANNELS__CONSOLE__PATH", console_path)

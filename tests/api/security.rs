@@ -14,6 +14,7 @@ use crate::helpers::{
     eur_process, fresh_database_url, spawn_app_with, Db, Retailer, TestApp, ADMIN_TOKEN, PIN,
 };
 use crate::on_both_databases;
+use crate::sms::Smsc;
 
 on_both_databases!(
     fifty_parallel_wrong_pins_over_ten_requests_count_exactly_the_lockout,
@@ -307,19 +308,34 @@ async fn the_page_sends_its_protective_headers_and_refuses_cross_site_answers(db
     app.assert_ledger_holds().await;
 }
 
-/// A full flow against the real binary at `RUST_LOG=trace`; then every secret it made
-/// (keys, tokens, the webhook secret, the PIN) is looked for in its log.
+/// The SMSC link's password in the trace test: a secret the log must not show.
+const SMSC_PASSWORD: &str = "Pw7x9q2Z";
+
+/// A full flow against the real binary at `RUST_LOG=trace`, on the page and by SMS through
+/// the test SMSC; then every secret it made (keys, tokens, the webhook secret, the SMSC
+/// password, the PIN) is looked for in its log.
 async fn no_secret_reaches_the_log_even_at_trace(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let database_url = fresh_database_url(db, dir.path()).await;
     let console = dir.path().join("console.jsonl");
     let log = dir.path().join("paystep.log");
-    let daemon =
-        start_daemon_logging(&database_url, &console, &log, &[("RUST_LOG", "trace")]).await;
+    let smsc = Smsc::start_with(dir.path(), 0, 0, &["--password", SMSC_PASSWORD]).await;
+    let config = dir.path().join("sms.toml");
+    let sms = format!(
+        "[channels.sms]\nsource_addr = \"12345\"\n[[channels.sms.smsc]]\nname = \"test-smsc\"\n\
+         host = \"127.0.0.1\"\nport = {}\nsystem_id = \"paystep\"\npassword = \"{SMSC_PASSWORD}\"\n\
+         response_timeout_ms = 100\nreconnect_backoff_min_ms = 50\nreconnect_backoff_max_ms = 500\n",
+        smsc.smpp_port
+    );
+    std::fs::write(&config, sms).unwrap();
+    let trace = [("RUST_LOG", "trace")];
+    let daemon = start_daemon_logging(&database_url, &console, (&config, &log), &trace).await;
+    smsc.wait_for_bind().await;
     let pin = "80561937";
-    let mut secrets = vec![ADMIN_TOKEN.to_string()];
-    let secrets_made = full_flow(&daemon, &console, pin).await;
+    let mut secrets = vec![ADMIN_TOKEN.to_string(), SMSC_PASSWORD.to_string()];
+    let (secrets_made, api_key) = full_flow(&daemon, &console, pin).await;
     secrets.extend(secrets_made);
+    confirm_by_sms(&daemon, &smsc, &api_key, pin).await;
     daemon.sigkill().await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("paystep is listening"), "the log was written");
@@ -343,9 +359,52 @@ fn contains_number(text: &str, number: &str) -> bool {
     })
 }
 
+/// A customer whose requests come by SMS answers one with `YES <code> <PIN>`.
+async fn confirm_by_sms(daemon: &Daemon, smsc: &Smsc, api_key: &str, pin: &str) {
+    use reqwest::Method;
+    let customer = json!({"name": "Eva", "msisdn": "+491762300002", "pin": pin});
+    let (status, customer) = daemon
+        .call(
+            Method::POST,
+            "/admin/v1/customers",
+            ADMIN_TOKEN,
+            Some(customer),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{customer}");
+    let deposit = format!(
+        "/admin/v1/customers/{}/deposits",
+        customer["id"].as_str().unwrap()
+    );
+    let credit = json!({"amount": "20.00", "currency": "EUR"});
+    let (status, _) = daemon
+        .call(Method::POST, &deposit, ADMIN_TOKEN, Some(credit))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let body =
+        json!({"customer": {"msisdn": "+491762300002"}, "currency": "EUR", "release": "5.00"});
+    let (status, process) = daemon
+        .call(Method::POST, "/v1/processes", api_key, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{process}");
+    let code = process["code"].as_str().unwrap();
+    smsc.wait_for_submits("491762300002", 1, |text| text.contains(code))
+        .await;
+    assert_eq!(
+        smsc.mo("+491762300002", &format!("yes {code} {pin}")).await,
+        0
+    );
+    let path = format!("/v1/processes/{}", process["id"].as_str().unwrap());
+    crate::helpers::eventually(15, "the SMS reply confirmed the process", || async {
+        daemon.call(Method::GET, &path, api_key, None).await.1["status"] == "active"
+    })
+    .await;
+}
+
 /// Creates a retailer, a customer with `pin`, and runs a process through a wrong PIN, a
-/// confirmation, steps, a top-up and a close; returns every secret it saw.
-async fn full_flow(daemon: &Daemon, console: &Path, pin: &str) -> Vec<String> {
+/// confirmation, steps, a top-up and a close; returns every secret it saw, and the API key
+/// it ends with.
+async fn full_flow(daemon: &Daemon, console: &Path, pin: &str) -> (Vec<String>, String) {
     use reqwest::Method;
     let webhook_port = free_port();
     let (status, retailer) = daemon
@@ -362,7 +421,7 @@ async fn full_flow(daemon: &Daemon, console: &Path, pin: &str) -> Vec<String> {
         api_key.clone(),
         retailer["webhook_secret"].as_str().unwrap().to_string(),
     ];
-    let customer = json!({"name": "Ben", "msisdn": "+491762300001", "pin": pin});
+    let customer = json!({"name": "Ben", "msisdn": "+491762300001", "pin": pin, "preferred_channel": "console"});
     let (status, customer) = daemon
         .call(
             Method::POST,
@@ -463,7 +522,8 @@ async fn full_flow(daemon: &Daemon, console: &Path, pin: &str) -> Vec<String> {
     for link in [link, top_up_link] {
         secrets.push(link.rsplit('/').next().unwrap().to_string());
     }
-    secrets
+    let api_key = rotated["api_key"].as_str().unwrap().to_string();
+    (secrets, api_key)
 }
 
 /// The link of the `nth` confirmation request of a process, from the daemon's console.
