@@ -163,6 +163,8 @@ pub struct RetentionSettings {
     pub delivered_outbox_s: i64,
     /// Rows deleted per statement, so a prune never holds the writer for long.
     pub batch_size: i64,
+    /// How long the sweeper waits after a prune that found nothing.
+    pub interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -515,6 +517,11 @@ impl Settings {
             (1..=10_000).contains(&retention.batch_size),
             "retention.batch_size",
             "must be between 1 and 10000",
+        );
+        require(
+            retention.interval_ms >= 10,
+            "retention.interval_ms",
+            "must be at least 10",
         );
         require(
             self.outbox.poll_interval_ms >= 10,

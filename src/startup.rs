@@ -237,6 +237,10 @@ async fn serve(
 /// retention, on a timer.
 async fn run_sweeper(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let interval = Duration::from_millis(engine.settings.engine.sweep_interval_ms);
+    // Pruning has no hurry: between rounds that found nothing it waits its own, longer
+    // interval, so that an idle prune does not take SQLite's writer every sweep.
+    let prune_interval = Duration::from_millis(engine.settings.retention.interval_ms);
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
             return;
@@ -245,10 +249,16 @@ async fn run_sweeper(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
             tracing::error!(error = %error, "Expiry sweep failed");
             0
         });
-        let pruned = engine.prune_due().await.unwrap_or_else(|error| {
-            tracing::error!(error = %error, "Retention sweep failed");
-            0
-        });
+        let mut pruned = 0;
+        if tokio::time::Instant::now() >= next_prune {
+            pruned = engine.prune_due().await.unwrap_or_else(|error| {
+                tracing::error!(error = %error, "Retention sweep failed");
+                0
+            });
+            if pruned == 0 {
+                next_prune = tokio::time::Instant::now() + prune_interval;
+            }
+        }
         // Work done may mean more is due: go again at once.
         if expired > 0 || pruned > 0 {
             continue;

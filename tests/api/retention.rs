@@ -34,6 +34,7 @@ async fn what_is_past_its_retention_goes_and_the_books_and_events_stay(db: Db) {
         settings.retention.pin_attempts_s = 60;
         settings.retention.delivered_outbox_s = 60;
         settings.retention.batch_size = 2;
+        settings.retention.interval_ms = 20;
     })
     .await;
     let retailer = app.create_retailer().await;
