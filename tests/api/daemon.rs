@@ -161,6 +161,23 @@ pub struct DaemonRetailer {
 }
 
 impl Daemon {
+    /// Creates a customer from `body` with `credit` EUR; returns its id.
+    pub async fn create_customer(&self, body: Value, credit: &str) -> String {
+        use reqwest::Method;
+        let (status, customer) = self
+            .call(Method::POST, "/admin/v1/customers", ADMIN_TOKEN, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{customer}");
+        let id = customer["id"].as_str().unwrap().to_string();
+        let deposit_path = format!("/admin/v1/customers/{id}/deposits");
+        let deposit = json!({"amount": credit, "currency": "EUR"});
+        let (status, _) = self
+            .call(Method::POST, &deposit_path, ADMIN_TOKEN, Some(deposit))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        id
+    }
+
     /// Creates a retailer; with `webhook_port`, one whose events go to that receiver.
     pub async fn create_retailer(&self, webhook_port: Option<u16>) -> DaemonRetailer {
         let body = match webhook_port {
@@ -197,24 +214,7 @@ impl Daemon {
     ) -> String {
         use reqwest::Method;
         let customer = json!({"name": "Ben", "msisdn": msisdn, "pin": PIN});
-        let (status, customer) = self
-            .call(
-                Method::POST,
-                "/admin/v1/customers",
-                ADMIN_TOKEN,
-                Some(customer),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{customer}");
-        let deposit_path = format!(
-            "/admin/v1/customers/{}/deposits",
-            customer["id"].as_str().unwrap()
-        );
-        let deposit = json!({"amount": credit, "currency": "EUR"});
-        let (status, _) = self
-            .call(Method::POST, &deposit_path, ADMIN_TOKEN, Some(deposit))
-            .await;
-        assert_eq!(status, StatusCode::CREATED);
+        self.create_customer(customer, credit).await;
         let body = json!({"customer": {"msisdn": msisdn}, "currency": "EUR", "release": release, "description": "Snacks"});
         let (status, process) = self
             .call(Method::POST, "/v1/processes", api_key, Some(body))

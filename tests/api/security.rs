@@ -363,24 +363,7 @@ fn contains_number(text: &str, number: &str) -> bool {
 async fn confirm_by_sms(daemon: &Daemon, smsc: &Smsc, api_key: &str, pin: &str) {
     use reqwest::Method;
     let customer = json!({"name": "Eva", "msisdn": "+491762300002", "pin": pin});
-    let (status, customer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/customers",
-            ADMIN_TOKEN,
-            Some(customer),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{customer}");
-    let deposit = format!(
-        "/admin/v1/customers/{}/deposits",
-        customer["id"].as_str().unwrap()
-    );
-    let credit = json!({"amount": "20.00", "currency": "EUR"});
-    let (status, _) = daemon
-        .call(Method::POST, &deposit, ADMIN_TOKEN, Some(credit))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    daemon.create_customer(customer, "20.00").await;
     let body =
         json!({"customer": {"msisdn": "+491762300002"}, "currency": "EUR", "release": "5.00"});
     let (status, process) = daemon
@@ -422,28 +405,7 @@ async fn full_flow(daemon: &Daemon, console: &Path, pin: &str) -> (Vec<String>, 
         retailer["webhook_secret"].as_str().unwrap().to_string(),
     ];
     let customer = json!({"name": "Ben", "msisdn": "+491762300001", "pin": pin, "preferred_channel": "console"});
-    let (status, customer) = daemon
-        .call(
-            Method::POST,
-            "/admin/v1/customers",
-            ADMIN_TOKEN,
-            Some(customer),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{customer}");
-    let deposit = format!(
-        "/admin/v1/customers/{}/deposits",
-        customer["id"].as_str().unwrap()
-    );
-    let (status, _) = daemon
-        .call(
-            Method::POST,
-            &deposit,
-            ADMIN_TOKEN,
-            Some(json!({"amount": "100.00", "currency": "EUR"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    daemon.create_customer(customer, "100.00").await;
     let body = json!({"customer": {"msisdn": "+491762300001"}, "currency": "EUR", "release": "10.00", "description": "Snacks"});
     let (status, process) = daemon
         .call(Method::POST, "/v1/processes", &api_key, Some(body))
