@@ -362,7 +362,10 @@ impl Settings {
             config::Environment::with_prefix("PAYSTEP")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                // Lists from the environment are comma-separated.
+                .list_separator(",")
+                .with_list_parse_key("security.trusted_proxies"),
         );
         let raw = builder.build()?;
         let settings: Settings =

@@ -237,6 +237,18 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
         "all errors at once: {stderr}"
     );
 
+    // A list from the environment is comma-separated; each entry is checked.
+    let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
+        .arg("migrate")
+        .env("PAYSTEP__SECURITY__TRUSTED_PROXIES", "10.0.0.0/8, not-a-proxy")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("security.trusted_proxies[1]"), "{stderr}");
+    assert!(!stderr.contains("trusted_proxies[0]"), "{stderr}");
+
     let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
         .arg("migrate")
         .env("PAYSTEP__HTTP__LISTEN", "not-an-address")
