@@ -48,6 +48,13 @@ pub struct PendingMessage {
     pub url: Option<String>,
 }
 
+/// The process a reply is about: its retailer and code.
+#[derive(Clone, Copy)]
+pub struct ReplyAbout<'a> {
+    pub retailer_id: &'a str,
+    pub code: &'a str,
+}
+
 /// A message routed to one channel and address.
 struct Route {
     channel: ChannelName,
@@ -108,13 +115,14 @@ impl Effects {
         });
     }
 
-    /// Queues a reply to whoever sent a message, on the channel it came on.
+    /// Queues a reply to whoever sent a message, on the channel it came on; `about` the
+    /// process it answers, when there is one.
     pub fn reply(
         &mut self,
         channel: ChannelName,
         to: &str,
         language: Language,
-        process_id: Option<&str>,
+        about: Option<ReplyAbout<'_>>,
         reply: Reply<'_>,
     ) {
         self.messages.push(PendingMessage {
@@ -123,9 +131,11 @@ impl Effects {
                 to: to.to_string(),
             },
             kind: super::inbound::REPLY_KIND,
-            retailer_id: None,
-            process_id: process_id.map(str::to_string),
-            code: None,
+            retailer_id: about.map(|about| about.retailer_id.to_string()),
+            // No process: the dispatcher keeps order per process and address, and replies to
+            // one number must stay in the order its messages came, whatever they were about.
+            process_id: None,
+            code: about.map(|about| about.code.to_string()),
             description: None,
             reference: None,
             text: render_reply(language, &reply),

@@ -10,7 +10,7 @@ use paystep_channels::{ChannelName, InboundError, InboundMessage, InboundSink, M
 use sqlx::{AnyConnection, Row};
 
 use super::confirm::{Answer, AnswerOutcome};
-use super::effects::Effects;
+use super::effects::{Effects, ReplyAbout};
 use super::pin::VerifiedPin;
 use super::rows::{self, CustomerKey, CustomerRow};
 use super::texts::Reply;
@@ -42,6 +42,16 @@ struct PinAnswer {
 struct OpenRequest {
     confirmation_id: String,
     code: String,
+    retailer_id: String,
+}
+
+impl OpenRequest {
+    fn about(&self) -> ReplyAbout<'_> {
+        ReplyAbout {
+            retailer_id: &self.retailer_id,
+            code: &self.code,
+        }
+    }
 }
 
 impl Engine {
@@ -179,7 +189,8 @@ impl Engine {
         customer_id: &str,
     ) -> Result<Vec<OpenRequest>, EngineError> {
         let rows = sqlx::query(
-            "SELECT c.id, p.code FROM confirmations c JOIN processes p ON p.id = c.process_id \
+            "SELECT c.id, p.code, p.retailer_id FROM confirmations c \
+             JOIN processes p ON p.id = c.process_id \
              WHERE p.customer_id = $1 AND c.status = 'pending' ORDER BY c.created_at_ms",
         )
         .bind(customer_id)
@@ -190,6 +201,7 @@ impl Engine {
                 Ok(OpenRequest {
                     confirmation_id: row.try_get("id")?,
                     code: row.try_get("code")?,
+                    retailer_id: row.try_get("retailer_id")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -255,19 +267,21 @@ impl Engine {
                 },
             )
             .await?;
-        self.reply_to_outcome(channel, from, language, &request.code, &outcome, replies);
+        self.reply_to_outcome(channel, from, language, request.about(), &outcome, replies);
         Ok(())
     }
 
+    /// The reply to an answer names the retailer and the process it was about (claim 7).
     fn reply_to_outcome(
         &self,
         channel: ChannelName,
         from: &str,
         language: Language,
-        code: &str,
+        about: ReplyAbout<'_>,
         outcome: &AnswerOutcome,
         replies: &mut Effects,
     ) {
+        let code = about.code;
         let reply = match outcome {
             // The receipt and the retailer's messages say all there is to say.
             AnswerOutcome::Approved
@@ -286,7 +300,7 @@ impl Engine {
             AnswerOutcome::Expired => Some(Reply::Expired { code }),
         };
         if let Some(reply) = reply {
-            replies.reply(channel, from, language, None, reply);
+            replies.reply(channel, from, language, Some(about), reply);
         }
     }
 
@@ -384,7 +398,11 @@ impl Engine {
                 },
             )
             .await?;
-        self.reply_to_outcome(channel, from, language, code.as_str(), &outcome, replies);
+        let about = ReplyAbout {
+            retailer_id: &process.retailer_id,
+            code: code.as_str(),
+        };
+        self.reply_to_outcome(channel, from, language, about, &outcome, replies);
         Ok(())
     }
 

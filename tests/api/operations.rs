@@ -240,7 +240,10 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
     // A list from the environment is comma-separated; each entry is checked.
     let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
         .arg("migrate")
-        .env("PAYSTEP__SECURITY__TRUSTED_PROXIES", "10.0.0.0/8, not-a-proxy")
+        .env(
+            "PAYSTEP__SECURITY__TRUSTED_PROXIES",
+            "10.0.0.0/8, not-a-proxy",
+        )
         .output()
         .await
         .unwrap();

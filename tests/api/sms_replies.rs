@@ -146,12 +146,17 @@ async fn a_reply_without_a_code_answers_the_one_open_request_or_asks_which(db: D
             .any(|r| r["text"].as_str().unwrap().contains("declined")),
         "{replies:#?}"
     );
-    assert!(
-        replies
-            .iter()
-            .any(|r| r["text"].as_str().unwrap().contains("Wrong PIN")),
-        "{replies:#?}"
+    let wrong_pin = replies
+        .iter()
+        .find(|r| r["text"].as_str().unwrap().contains("Wrong PIN"))
+        .unwrap_or_else(|| panic!("a wrong-PIN reply: {replies:#?}"));
+    // A reply about a request names its retailer and code (claim 7).
+    assert_eq!(
+        wrong_pin["retailer_id"],
+        retailer.id.as_str(),
+        "{wrong_pin}"
     );
+    assert_eq!(wrong_pin["code"], second["code"], "{wrong_pin}");
     send(
         &app.engine,
         yes(
