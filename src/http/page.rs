@@ -261,13 +261,7 @@ fn status_words(status: ConfirmationStatus, words: &Words) -> &'static str {
 }
 
 fn not_found() -> Response {
-    let en = words(Language::En);
-    let de = words(Language::De);
-    let body = format!(
-        "<h1>{}</h1><p>{}</p><p lang=\"de\">{}</p>",
-        en.title, en.unknown, de.unknown
-    );
-    (StatusCode::NOT_FOUND, Html(layout(Language::En, &body))).into_response()
+    bilingual(StatusCode::NOT_FOUND, |words| words.unknown.to_string())
 }
 
 /// A page in both languages, for answers that know no customer.

@@ -374,11 +374,19 @@ impl TestApp {
 
     /// Counts rows of a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
-        let mut conn = self.engine.store.reader().acquire().await.unwrap();
-        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
-            .fetch_one(&mut *conn)
+        self.number(&format!("SELECT COUNT(*) FROM {table}"), &[])
             .await
-            .unwrap()
+    }
+
+    /// The one number `sql` selects, with `binds` for `$1`, `$2`, ..., straight from the
+    /// database.
+    pub async fn number(&self, sql: &str, binds: &[&str]) -> i64 {
+        let mut conn = self.engine.store.reader().acquire().await.unwrap();
+        let mut query = sqlx::query_scalar(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query.fetch_one(&mut *conn).await.unwrap()
     }
 }
 

@@ -20,11 +20,11 @@ async fn ids(app: &TestApp, table: &str) -> Vec<String> {
 }
 
 async fn delivered(app: &TestApp) -> i64 {
-    let mut conn = app.engine.store.reader().acquire().await.unwrap();
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'delivered'")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap()
+    app.number(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'delivered'",
+        &[],
+    )
+    .await
 }
 
 async fn what_is_past_its_retention_goes_and_the_books_and_events_stay(db: Db) {

@@ -47,23 +47,13 @@ async fn open_requests(
 }
 
 async fn wrong_pin_attempts(app: &TestApp, customer_id: &str) -> i64 {
-    let mut conn = app.engine.store.reader().acquire().await.unwrap();
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pin_attempts WHERE customer_id = $1 AND outcome = 'wrong'",
-    )
-    .bind(customer_id)
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap()
+    let sql = "SELECT COUNT(*) FROM pin_attempts WHERE customer_id = $1 AND outcome = 'wrong'";
+    app.number(sql, &[customer_id]).await
 }
 
 async fn stored_pin_failures(app: &TestApp, customer_id: &str) -> i64 {
-    let mut conn = app.engine.store.reader().acquire().await.unwrap();
-    sqlx::query_scalar("SELECT pin_failures FROM customers WHERE id = $1")
-        .bind(customer_id)
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap()
+    let sql = "SELECT pin_failures FROM customers WHERE id = $1";
+    app.number(sql, &[customer_id]).await
 }
 
 async fn fifty_parallel_wrong_pins_over_ten_requests_count_exactly_the_lockout(db: Db) {
