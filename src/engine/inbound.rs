@@ -147,10 +147,22 @@ impl Engine {
                 };
                 (customer, candidate)
             }
-            InboundMessage::Pay { from, pin, .. } => match self.sender(&mut conn, from).await? {
-                Some(customer) => (customer, pin.as_ref()),
-                None => return Ok(None),
-            },
+            InboundMessage::Pay {
+                from, code, pin, ..
+            } => {
+                let Some(customer) = self.sender(&mut conn, from).await? else {
+                    return Ok(None);
+                };
+                // Only a code of a till process waiting for its customer is worth a hash.
+                let claimable: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM processes WHERE code = $1 \
+                     AND status = 'awaiting_confirmation' AND customer_id IS NULL",
+                )
+                .bind(code)
+                .fetch_one(&mut *conn)
+                .await?;
+                (customer, pin.as_ref().filter(|_| claimable > 0))
+            }
             _ => return Ok(None),
         };
         drop(conn);
