@@ -45,6 +45,13 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub migrate_on_start: bool,
     pub acquire_timeout_ms: u64,
+    /// Group commit (SQLite): at most this many operations share one transaction.
+    pub write_batch_operations_max: usize,
+    /// How long a batch's first operation may wait for company; 0 takes only what queued
+    /// while the previous batch committed.
+    pub write_batch_wait_ms: u64,
+    /// Writes waiting for the writer; past this, requests are refused with 503.
+    pub write_queue_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -402,6 +409,21 @@ impl Settings {
             self.database.acquire_timeout_ms >= 1,
             "database.acquire_timeout_ms",
             "must be at least 1",
+        );
+        require(
+            (1..=10_000).contains(&self.database.write_batch_operations_max),
+            "database.write_batch_operations_max",
+            "must be between 1 and 10000",
+        );
+        require(
+            self.database.write_batch_wait_ms <= 100,
+            "database.write_batch_wait_ms",
+            "must be at most 100",
+        );
+        require(
+            (1..=1_000_000).contains(&self.database.write_queue_max),
+            "database.write_queue_max",
+            "must be between 1 and 1000000",
         );
         let public_url = &self.http.public_url;
         require(

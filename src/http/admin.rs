@@ -193,7 +193,7 @@ async fn idempotent<F>(
     operation: F,
 ) -> Result<Response, ApiError>
 where
-    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c>,
+    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c> + Send + 'static,
 {
     let key = idempotency::key_from_headers(headers)?;
     let fingerprint = idempotency::fingerprint(&request_line, body);

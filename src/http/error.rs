@@ -215,8 +215,22 @@ impl From<EngineError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        if let StoreError::Database(database) = &error {
-            return database_error(database);
+        match &error {
+            StoreError::Database(database) => return database_error(database),
+            // Nothing was done: the client may send the same request again.
+            StoreError::Busy | StoreError::WriterStopped | StoreError::CommitFailed(_) => {
+                if !matches!(error, StoreError::Busy) {
+                    tracing::error!(error = %error, "Write not committed");
+                }
+                let mut answer = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("{error}; nothing was changed"),
+                );
+                answer.retry_after = Some(RetryAfter { seconds: 1 });
+                return answer;
+            }
+            StoreError::Migration(_) | StoreError::Directory { .. } => {}
         }
         tracing::error!(error = %error, "Store error");
         ApiError::internal()

@@ -4,7 +4,7 @@
 //! The operation and the saved answer commit in one transaction, so a crash can never leave
 //! an operation done without its answer saved. A concurrent duplicate blocks on the key's
 //! row (PostgreSQL) or on the single writer (SQLite), finds the saved answer, and replays it.
-//! Client errors are saved too (in their own transaction, since the operation rolled back);
+//! Client errors are saved too (the operation undone in its savepoint, the answer kept);
 //! server errors are not, so the client may retry them.
 
 use std::future::Future;
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
 use super::error::ApiError;
-use crate::store::Store;
+use crate::store::{Store, WriteFuture};
 
 const KEY_LENGTH_MAX: usize = 255;
 
@@ -60,7 +60,20 @@ struct Saved {
     response_body: String,
 }
 
+/// What one idempotent operation came to inside its write transaction.
+enum Written {
+    Answer(StatusCode, Value),
+    /// A client error, saved under the key with the operation itself undone.
+    Refused(ApiError),
+    /// The key was saved earlier: replay that answer.
+    Replay(Saved),
+    /// A concurrent request saved the key first: ours is undone; replay theirs.
+    SavedElsewhere,
+}
+
 /// Runs `operation` in a write transaction, honouring the idempotency key if there is one.
+/// The operation shares its transaction and commit with concurrent writes (see
+/// `Store::write`); nothing is answered before that commit.
 pub async fn run<F>(
     store: &Store,
     now_ms: i64,
@@ -70,59 +83,99 @@ pub async fn run<F>(
     operation: F,
 ) -> Result<Response, ApiError>
 where
-    F: for<'c> FnOnce(&'c mut AnyConnection) -> OperationFuture<'c>,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> OperationFuture<'c> + Send + 'static,
 {
-    let mut tx = store.begin_write().await?;
-    if let Some(key) = &key {
-        if let Some(saved) = find(&mut tx, scope, &key.0).await? {
-            tx.rollback().await?;
-            return replay(saved, &request_hash);
-        }
-    }
-    let result = operation(&mut tx).await;
-    let Some(key) = key else {
-        return match result {
-            Ok((status, body)) => {
-                tx.commit().await?;
-                Ok((status, Json(body)).into_response())
-            }
-            Err(error) => Err(error),
-        };
+    let key_text = key.as_ref().map(|key| key.0.clone());
+    let attempt = Attempt {
+        now_ms,
+        scope: scope.to_string(),
+        key,
+        request_hash: request_hash.clone(),
     };
-    match result {
-        Ok((status, body)) => {
-            if !save(&mut tx, scope, &key.0, &request_hash, status, &body, now_ms).await? {
-                // A concurrent request with the same key committed first: undo ours.
-                tx.rollback().await?;
-                return replay_current(store, scope, &key.0, &request_hash).await;
-            }
-            tx.commit().await?;
-            Ok((status, Json(body)).into_response())
+    let written = store
+        .write(move |conn| -> WriteFuture<'_, Result<Written, ApiError>> {
+            Box::pin(attempt.run(conn, operation))
+        })
+        .await?;
+    match written {
+        Written::Answer(status, body) => Ok((status, Json(body)).into_response()),
+        Written::Refused(error) => Err(error),
+        Written::Replay(saved) => replay(saved, &request_hash),
+        Written::SavedElsewhere => {
+            let key = key_text.ok_or_else(ApiError::internal)?;
+            replay_current(store, scope, &key, &request_hash).await
         }
-        Err(error) if error.status.is_client_error() => {
-            tx.rollback().await?;
-            let mut tx = store.begin_write().await?;
-            if !save(
-                &mut tx,
-                scope,
-                &key.0,
-                &request_hash,
-                error.status,
-                &error.body(),
-                now_ms,
-            )
-            .await?
-            {
-                tx.rollback().await?;
-                return replay_current(store, scope, &key.0, &request_hash).await;
-            }
-            tx.commit().await?;
-            Err(error)
-        }
-        Err(error) => Err(error),
     }
 }
 
+/// One idempotent request, run inside its write transaction.
+struct Attempt {
+    now_ms: i64,
+    scope: String,
+    key: Option<IdempotencyKey>,
+    request_hash: String,
+}
+
+impl Attempt {
+    async fn run<F>(self, conn: &mut AnyConnection, operation: F) -> Result<Written, ApiError>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> OperationFuture<'c>,
+    {
+        let Some(key) = &self.key else {
+            // An error undoes everything the operation wrote (Store::write rolls it back).
+            let (status, body) = operation(conn).await?;
+            return Ok(Written::Answer(status, body));
+        };
+        if let Some(saved) = find(conn, &self.scope, &key.0).await? {
+            return Ok(Written::Replay(saved));
+        }
+        // The operation runs in a savepoint of its own, so that a client error can be
+        // undone while its answer is saved under the key.
+        let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
+        match operation(&mut savepoint).await {
+            Ok((status, body)) => {
+                if !self.save(&mut savepoint, status, &body).await? {
+                    savepoint.rollback().await?;
+                    return Ok(Written::SavedElsewhere);
+                }
+                savepoint.commit().await?;
+                Ok(Written::Answer(status, body))
+            }
+            Err(error) if error.status.is_client_error() => {
+                savepoint.rollback().await?;
+                if !self.save(conn, error.status, &error.body()).await? {
+                    return Ok(Written::SavedElsewhere);
+                }
+                Ok(Written::Refused(error))
+            }
+            // Server errors are not saved, so the client may retry them.
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Saves the answer under the key; false when someone else saved it first.
+    async fn save(
+        &self,
+        conn: &mut AnyConnection,
+        status: StatusCode,
+        body: &Value,
+    ) -> Result<bool, ApiError> {
+        let key = self.key.as_ref().map(|key| key.0.as_str()).unwrap_or("");
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response_body, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(&self.scope)
+        .bind(key)
+        .bind(&self.request_hash)
+        .bind(i64::from(status.as_u16()))
+        .bind(body.to_string())
+        .bind(self.now_ms)
+        .execute(conn)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+}
 async fn find(conn: &mut AnyConnection, scope: &str, key: &str) -> Result<Option<Saved>, ApiError> {
     let row = sqlx::query(
         "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE scope = $1 AND key = $2",
@@ -140,32 +193,6 @@ async fn find(conn: &mut AnyConnection, scope: &str, key: &str) -> Result<Option
     })
     .transpose()
     .map_err(|error: sqlx::Error| error.into())
-}
-
-/// Saves the answer; false when the key was saved by someone else first.
-#[allow(clippy::too_many_arguments)]
-async fn save(
-    conn: &mut AnyConnection,
-    scope: &str,
-    key: &str,
-    request_hash: &str,
-    status: StatusCode,
-    body: &Value,
-    now_ms: i64,
-) -> Result<bool, ApiError> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response_body, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, key) DO NOTHING",
-    )
-    .bind(scope)
-    .bind(key)
-    .bind(request_hash)
-    .bind(i64::from(status.as_u16()))
-    .bind(body.to_string())
-    .bind(now_ms)
-    .execute(conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
 }
 
 async fn replay_current(

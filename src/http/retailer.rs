@@ -200,7 +200,7 @@ async fn idempotent<F>(
     operation: F,
 ) -> Result<Response, ApiError>
 where
-    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c>,
+    F: for<'c> FnOnce(&'c mut sqlx::AnyConnection) -> OperationFuture<'c> + Send + 'static,
 {
     let engine = &state.engine;
     let scope = format!("retailer:{retailer_id}");

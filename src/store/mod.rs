@@ -3,8 +3,16 @@
 //! SQLite allows one writer at a time; a write transaction that starts as a reader and then
 //! writes can fail with SQLITE_BUSY when another writer got there first. So on SQLite every
 //! write transaction goes through a pool of exactly one connection, and reads use a separate
-//! pool (WAL lets them run beside the writer). On PostgreSQL both are the same pool and row
-//! locks order concurrent writers.
+//! pool (WAL lets them run beside the writer). The API's writes reach that connection
+//! through group commit (`write`), which gives many of them one transaction and one fsync.
+//! On PostgreSQL both pools are the same, row locks order concurrent writers, and `write`
+//! is one transaction per operation: the server already shares WAL flushes between
+//! concurrent commits, and unrelated operations in one transaction would wait on each
+//! other's row locks.
+
+mod group_commit;
+
+pub use group_commit::{WriteFuture, WriteStats};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -12,7 +20,11 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Transaction};
+use std::sync::Arc;
+
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+
+use group_commit::{BatchLimits, GroupCommit, WriteCounters};
 
 use crate::config::DatabaseSettings;
 
@@ -33,6 +45,12 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the write queue is full; try again shortly")]
+    Busy,
+    #[error("the database writer has stopped")]
+    WriterStopped,
+    #[error("the write batch could not be committed: {0}")]
+    CommitFailed(String),
     #[error("cannot create the database directory {path}: {source}")]
     Directory {
         path: String,
@@ -45,6 +63,9 @@ pub struct Store {
     backend: Backend,
     reader: AnyPool,
     writer: AnyPool,
+    /// SQLite only: the queue to the writer task that commits in groups.
+    group_commit: Option<GroupCommit>,
+    write_counters: Arc<WriteCounters>,
 }
 
 impl Store {
@@ -79,10 +100,20 @@ impl Store {
                 };
                 let writer = open(1).await?;
                 let reader = open(settings.max_connections).await?;
+                let write_counters = Arc::new(WriteCounters::default());
+                let limits = BatchLimits {
+                    operations_max: settings.write_batch_operations_max,
+                    wait_ms: settings.write_batch_wait_ms,
+                    queue_max: settings.write_queue_max,
+                };
+                let group_commit =
+                    GroupCommit::start(writer.clone(), limits, write_counters.clone());
                 Ok(Store {
                     backend,
                     reader,
                     writer,
+                    group_commit: Some(group_commit),
+                    write_counters,
                 })
             }
             Backend::Postgres => {
@@ -95,6 +126,8 @@ impl Store {
                     backend,
                     reader: pool.clone(),
                     writer: pool,
+                    group_commit: None,
+                    write_counters: Arc::new(WriteCounters::default()),
                 })
             }
         }
@@ -112,6 +145,44 @@ impl Store {
     /// Starts a transaction that may write.
     pub async fn begin_write(&self) -> Result<Tx, StoreError> {
         Ok(self.writer.begin().await?)
+    }
+
+    /// Runs `operation` in a write transaction and commits it, unless it returns an error,
+    /// in which case nothing it wrote is kept. On SQLite it shares the transaction and the
+    /// commit with whatever else is being written at the same time (see `group_commit`);
+    /// either way, `Ok` means committed.
+    pub async fn write<F, T, E>(&self, operation: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>>
+            + Send
+            + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        if let Some(group_commit) = &self.group_commit {
+            return group_commit.write(operation).await;
+        }
+        self.write_counters.count(1);
+        let mut transaction = self.begin_write().await.map_err(E::from)?;
+        match operation(&mut transaction).await {
+            Ok(value) => {
+                transaction
+                    .commit()
+                    .await
+                    .map_err(|error| E::from(StoreError::Database(error)))?;
+                Ok(value)
+            }
+            Err(error) => {
+                // Dropping would roll back too; saying it keeps the connection clean sooner.
+                let _ = transaction.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// How many write batches and operations this store has committed since it opened.
+    pub fn write_stats(&self) -> WriteStats {
+        self.write_counters.snapshot()
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
