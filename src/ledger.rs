@@ -5,13 +5,17 @@
 //! updates. Balances are credits minus debits, so all balances of a currency sum to zero.
 //! The debit side is a guarded UPDATE (`balance >= amount`), so a check and a charge are one
 //! statement: two concurrent transfers can never overdraw an account, on either database.
+//! Account ids are cached, so a transfer is three statements: debit, credit, entry.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use crate::domain::{Currency, Minor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccountKind {
     /// Where deposited money comes from; the only account allowed to go negative.
     OperatorFunding,
@@ -72,6 +76,140 @@ pub struct Transfer<'a> {
     pub now_ms: i64,
 }
 
+/// The ledger's entry point: posts transfers, remembering account ids between them.
+#[derive(Default)]
+pub struct Ledger {
+    accounts: AccountCache,
+}
+
+/// Account ids by (kind, owner, currency). Accounts are never deleted or renamed, so an id
+/// once seen stays right, except one seen in a transaction that later rolled back. Every use
+/// is therefore checked: the UPDATE by id must match one row, and a miss re-resolves.
+#[derive(Default)]
+struct AccountCache {
+    ids: Mutex<HashMap<AccountKey, String>>,
+}
+
+type AccountKey = (AccountKind, String, &'static str);
+
+/// Past this many ids the cache starts again: one hold per process would grow it forever.
+const ACCOUNT_CACHE_ENTRIES_MAX: usize = 200_000;
+
+impl AccountCache {
+    fn get(&self, key: &AccountKey) -> Option<String> {
+        self.lock().get(key).cloned()
+    }
+
+    fn remember(&self, key: AccountKey, id: String) {
+        let mut ids = self.lock();
+        if ids.len() >= ACCOUNT_CACHE_ENTRIES_MAX {
+            ids.clear();
+        }
+        ids.insert(key, id);
+    }
+
+    fn forget(&self, key: &AccountKey) {
+        self.lock().remove(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountKey, String>> {
+        // A panic while holding this lock cannot leave a wrong id behind (inserts are whole).
+        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Which side of a transfer an account is on.
+#[derive(Clone, Copy)]
+enum Side {
+    Debit,
+    Credit,
+}
+
+impl Ledger {
+    /// Posts a transfer: debit (guarded against going negative), credit, and the entry.
+    /// Must run inside the caller's transaction; on error the caller rolls back.
+    pub async fn post(
+        &self,
+        conn: &mut AnyConnection,
+        transfer: Transfer<'_>,
+    ) -> Result<(), LedgerError> {
+        assert!(transfer.amount > 0, "a transfer moves a positive amount");
+        let debit_id = self.apply(conn, &transfer, Side::Debit).await?;
+        let credit_id = self.apply(conn, &transfer, Side::Credit).await?;
+        sqlx::query(
+            "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, currency, \
+             process_id, step_id, reference, created_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(transfer.kind.as_str())
+        .bind(&debit_id)
+        .bind(&credit_id)
+        .bind(transfer.amount)
+        .bind(transfer.currency.code())
+        .bind(transfer.process_id)
+        .bind(transfer.step_id)
+        .bind(transfer.reference)
+        .bind(transfer.now_ms)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves one side's balance and returns the account's id. A cached id that matches no
+    /// row is forgotten and the account resolved again, once.
+    async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        transfer: &Transfer<'_>,
+        side: Side,
+    ) -> Result<String, LedgerError> {
+        let (kind, owner_id) = match side {
+            Side::Debit => transfer.debit,
+            Side::Credit => transfer.credit,
+        };
+        let key = (kind, owner_id.to_string(), transfer.currency.code());
+        if let Some(id) = self.accounts.get(&key) {
+            if update_balance(conn, &id, transfer.amount, side).await? {
+                return Ok(id);
+            }
+            self.accounts.forget(&key);
+        }
+        let id = account_id(conn, kind, owner_id, transfer.currency, transfer.now_ms).await?;
+        if !update_balance(conn, &id, transfer.amount, side).await? {
+            return Err(match side {
+                Side::Debit => LedgerError::InsufficientFunds,
+                Side::Credit => LedgerError::Database(sqlx::Error::RowNotFound),
+            });
+        }
+        self.accounts.remember(key, id.clone());
+        Ok(id)
+    }
+}
+
+/// One guarded statement per side: a debit only where the balance covers it (but for the
+/// operator's funding account). False when no row matched.
+async fn update_balance(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    amount: Minor,
+    side: Side,
+) -> Result<bool, sqlx::Error> {
+    let statement = match side {
+        Side::Debit => {
+            "UPDATE accounts SET balance = balance - $1 \
+             WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1)"
+        }
+        Side::Credit => "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+    };
+    let updated = sqlx::query(statement)
+        .bind(amount)
+        .bind(account_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 /// The id of the account, created on first use.
 pub async fn account_id(
     conn: &mut AnyConnection,
@@ -80,6 +218,16 @@ pub async fn account_id(
     currency: Currency,
     now_ms: i64,
 ) -> Result<String, sqlx::Error> {
+    let select = "SELECT id FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3";
+    let existing: Option<String> = sqlx::query_scalar(select)
+        .bind(kind.as_str())
+        .bind(owner_id)
+        .bind(currency.code())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
     sqlx::query(
         "INSERT INTO accounts (id, kind, owner_id, currency, balance, created_at_ms) \
          VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (kind, owner_id, currency) DO NOTHING",
@@ -91,14 +239,12 @@ pub async fn account_id(
     .bind(now_ms)
     .execute(&mut *conn)
     .await?;
-    sqlx::query_scalar(
-        "SELECT id FROM accounts WHERE kind = $1 AND owner_id = $2 AND currency = $3",
-    )
-    .bind(kind.as_str())
-    .bind(owner_id)
-    .bind(currency.code())
-    .fetch_one(&mut *conn)
-    .await
+    sqlx::query_scalar(select)
+        .bind(kind.as_str())
+        .bind(owner_id)
+        .bind(currency.code())
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// The balance of an account, zero when it does not exist yet.
@@ -117,62 +263,6 @@ pub async fn balance(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(balance.unwrap_or(0))
-}
-
-/// Posts a transfer: debit (guarded against going negative), credit, and the entry.
-/// Must run inside the caller's transaction; on error the caller rolls back.
-pub async fn post(conn: &mut AnyConnection, transfer: Transfer<'_>) -> Result<(), LedgerError> {
-    assert!(transfer.amount > 0, "a transfer moves a positive amount");
-    let debit_id = account_id(
-        conn,
-        transfer.debit.0,
-        transfer.debit.1,
-        transfer.currency,
-        transfer.now_ms,
-    )
-    .await?;
-    let credit_id = account_id(
-        conn,
-        transfer.credit.0,
-        transfer.credit.1,
-        transfer.currency,
-        transfer.now_ms,
-    )
-    .await?;
-    let debited = sqlx::query(
-        "UPDATE accounts SET balance = balance - $1 \
-         WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1)",
-    )
-    .bind(transfer.amount)
-    .bind(&debit_id)
-    .execute(&mut *conn)
-    .await?;
-    if debited.rows_affected() != 1 {
-        return Err(LedgerError::InsufficientFunds);
-    }
-    sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
-        .bind(transfer.amount)
-        .bind(&credit_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, currency, \
-         process_id, step_id, reference, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(transfer.kind.as_str())
-    .bind(&debit_id)
-    .bind(&credit_id)
-    .bind(transfer.amount)
-    .bind(transfer.currency.code())
-    .bind(transfer.process_id)
-    .bind(transfer.step_id)
-    .bind(transfer.reference)
-    .bind(transfer.now_ms)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// The result of checking every ledger invariant.

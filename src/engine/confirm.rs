@@ -13,7 +13,7 @@ use super::texts::{Ended, Text};
 use super::views::{ProcessView, StepView};
 use super::{secret_hash, Engine, EngineError};
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, ProcessStatus};
-use crate::ledger::{self, AccountKind, LedgerError, Transfer, TransferKind};
+use crate::ledger::{AccountKind, LedgerError, Transfer, TransferKind};
 
 #[derive(Clone)]
 pub struct Answer {
@@ -250,7 +250,7 @@ impl Engine {
         now_ms: i64,
         effects: &mut Effects,
     ) -> Result<AnswerOutcome, EngineError> {
-        let held = ledger::post(
+        let held = self.ledger.post(
             conn,
             Transfer {
                 kind: TransferKind::Release,

@@ -95,6 +95,8 @@ pub struct Engine {
     /// Bounds the argon2id hashes running at once: each takes tens of milliseconds and
     /// 19 MiB, and guesses must not be able to take the machine.
     pub(crate) pin_hashing: pin::HashingSlots,
+    /// Every transfer is posted here (it remembers account ids).
+    pub(crate) ledger: crate::ledger::Ledger,
 }
 
 impl Engine {
@@ -110,6 +112,7 @@ impl Engine {
             clock,
             channels,
             pin_hashing: pin::HashingSlots::for_this_machine(),
+            ledger: crate::ledger::Ledger::default(),
         }
     }
 

@@ -125,7 +125,7 @@ impl Engine {
         rows::load_customer(conn, customer_id)
             .await?
             .ok_or(EngineError::NotFound("customer"))?;
-        ledger::post(
+        self.ledger.post(
             conn,
             Transfer {
                 kind: TransferKind::Deposit,

@@ -234,6 +234,9 @@ const CUSTOMER_COLUMNS: &str = "id, msisdn, email, name, language, preferred_cha
 const RETAILER_COLUMNS: &str = "id, name, webhook_url, webhook_secret, msisdn, email, notify, \
      webhook_secret_previous, webhook_secret_previous_until_ms, receipt_policy";
 
+/// What sqlx's Any driver calls SQLite.
+const SQLITE_BACKEND: &str = "SQLite";
+
 pub async fn load_process(
     conn: &mut AnyConnection,
     process_id: &str,
@@ -246,11 +249,14 @@ pub async fn load_process(
 
 /// Locks the process row for the rest of the transaction and loads it. Every change to a
 /// process starts here, which serialises all changes to one process on PostgreSQL; on
-/// SQLite the single writer connection already does.
+/// SQLite the single writer connection already does, so there it only loads.
 pub async fn lock_process(
     conn: &mut AnyConnection,
     process_id: &str,
 ) -> Result<Option<ProcessRow>, sqlx::Error> {
+    if conn.backend_name() == SQLITE_BACKEND {
+        return load_process(conn, process_id).await;
+    }
     let locked = sqlx::query("UPDATE processes SET lock_version = lock_version + 1 WHERE id = $1")
         .bind(process_id)
         .execute(&mut *conn)

@@ -11,7 +11,7 @@ use super::texts::Text;
 use super::views::StepView;
 use super::{Engine, EngineError};
 use crate::domain::{ConfirmationKind, Minor, ProcessStatus, TopUpPolicyKind};
-use crate::ledger::{self, AccountKind, Transfer, TransferKind};
+use crate::ledger::{AccountKind, Transfer, TransferKind};
 
 #[derive(Debug, Clone)]
 pub struct NewStep {
@@ -123,7 +123,10 @@ impl Engine {
             effects.event(retailer, &process.id, "step.awaiting_confirmation", &view);
             StepOutcome::AwaitingConfirmation(view)
         };
-        self.touch(conn, &process, now_ms).await?;
+        // A charge moved the expiry already.
+        if !matches!(outcome, StepOutcome::Charged(_)) {
+            self.touch(conn, &process, now_ms).await?;
+        }
         effects.flush(conn, &self.channels, now_ms).await?;
         Ok(outcome)
     }
@@ -166,7 +169,7 @@ impl Engine {
         now_ms: i64,
         effects: &mut Effects,
     ) -> Result<StepRow, EngineError> {
-        ledger::post(
+        self.ledger.post(
             conn,
             Transfer {
                 kind: TransferKind::Step,
@@ -182,13 +185,15 @@ impl Engine {
         )
         .await?;
         // The guard repeats the ledger's: the remaining amount is never negative, and the
-        // database's CHECK says so a third time.
+        // database's CHECK says so a third time. A charge is activity, so the same statement
+        // moves the inactivity expiry (what `touch` does).
         let updated = sqlx::query(
-            "UPDATE processes SET charged = charged + $1, remaining = remaining - $1, updated_at_ms = $2 \
-             WHERE id = $3 AND remaining >= $1",
+            "UPDATE processes SET charged = charged + $1, remaining = remaining - $1, updated_at_ms = $2, \
+             expires_at_ms = $3, pre_expiry_notified = 0 WHERE id = $4 AND remaining >= $1",
         )
         .bind(step.amount)
         .bind(now_ms)
+        .bind(now_ms + process.inactivity_s * 1000)
         .bind(&process.id)
         .execute(&mut *conn)
         .await?;
@@ -208,7 +213,12 @@ impl Engine {
         .bind(&step.id)
         .execute(&mut *conn)
         .await?;
-        let step = reload_step(conn, &step.id).await?;
+        let step = StepRow {
+            status: "charged".to_string(),
+            remaining_after: Some(process.remaining),
+            updated_at_ms: now_ms,
+            ..step.clone()
+        };
         effects.event(
             retailer,
             &process.id,

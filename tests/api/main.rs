@@ -5,6 +5,7 @@ mod helpers;
 
 mod browser;
 
+mod batches;
 mod claims;
 mod concurrency;
 mod confirmation;
