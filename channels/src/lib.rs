@@ -56,6 +56,14 @@ pub trait Channel: Send + Sync {
     /// same message after a crash, so peers that can deduplicate get `message.id`.
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError>;
 
+    /// How many sends the dispatcher may have in flight on this channel at once; `None`
+    /// when the adapter sets no bound of its own (the dispatcher then uses
+    /// `outbox.workers`). An adapter with its own flow control (an SMPP window, an SMTP
+    /// pool) names it, so that the dispatcher keeps that flow control full.
+    fn parallel_sends_max(&self) -> Option<usize> {
+        None
+    }
+
     /// Checks that the peer is reachable and accepts us.
     async fn health_check(&self) -> Result<(), HealthError> {
         Ok(())

@@ -1,10 +1,19 @@
-//! Delivers queued outbox messages, one at a time per worker, with retries.
+//! Delivers queued outbox messages: claims many at once, sends them concurrently within each
+//! channel's limits, and records the outcomes in batches.
 //!
-//! A worker claims a message by pushing its next attempt time forward by a lease in one
-//! guarded UPDATE; only the worker whose UPDATE matched owns it, so several daemons on one
-//! database never deliver the same attempt twice. A worker that dies mid-delivery leaves the
-//! lease to run out and another worker tries again: delivery is at least once, and each
-//! message carries a stable id for peers to deduplicate.
+//! One claim loop per daemon takes the due heads of the recipients' queues in one write
+//! transaction, pushing each one's next attempt time forward by a lease with a guarded
+//! UPDATE; only the daemon whose UPDATE matched owns it, so several daemons on one database
+//! never deliver the same attempt twice, and within a daemon nothing races for a row. Each
+//! claimed message is sent in a task of its own, holding a permit of its channel's limit
+//! (an SMPP link's window, the SMTP pool, `outbox.workers` for the rest). Outcomes go to one
+//! recorder task that writes whatever has arrived in one transaction. The loop wakes when
+//! a write commits, when an outcome is recorded (the next message of that queue may go),
+//! or after `outbox.poll_interval_ms`.
+//!
+//! A daemon that dies mid-delivery leaves the lease to run out and a later claim tries
+//! again: delivery is at least once, and each message carries a stable id for peers to
+//! deduplicate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,29 +21,54 @@ use std::time::Duration;
 
 use paystep_channels::{Channel, ChannelName, MessageKind, OutboundMessage, SendError};
 use rand::Rng;
-use sqlx::Row;
-use tokio::sync::watch;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::clock::SharedClock;
 use crate::config::OutboxSettings;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteFuture};
 
 /// Longest error text kept per message.
 const ERROR_LENGTH_MAX: usize = 1000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExecutionOutcome {
-    NothingDue,
-    Delivered,
-    Retrying,
-    DeadLettered,
-}
+/// Outcomes recorded in one transaction at most.
+const OUTCOMES_PER_RECORD_MAX: usize = 512;
 
 pub struct Dispatcher {
     store: Store,
     channels: HashMap<ChannelName, Arc<dyn Channel>>,
     settings: OutboxSettings,
     clock: SharedClock,
+}
+
+/// A claimed message with what recording its outcome needs.
+struct Claimed {
+    position: i64,
+    attempts: i64,
+    queued_at_ms: i64,
+    message: OutboundMessage,
+}
+
+/// What became of one attempt, to be written by the recorder.
+struct Attempted {
+    position: i64,
+    channel: ChannelName,
+    message_id: String,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Delivered {
+        remote_id: Option<String>,
+    },
+    Retry {
+        next_attempt_at_ms: i64,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
 }
 
 impl Dispatcher {
@@ -52,149 +86,188 @@ impl Dispatcher {
         }
     }
 
-    /// Claims the oldest due message and delivers it.
-    pub async fn try_execute_one(&self) -> Result<ExecutionOutcome, StoreError> {
-        let now_ms = self.clock.now_ms();
-        // A message waits while an earlier one of the same process (or, for messages of no
-        // process such as replies, an earlier one of no process) to the same address is still
-        // queued, so each recipient sees them in order even when one needs retries: only the
-        // head of each such queue is a candidate (found with the outbox_queued_order index).
-        let candidates: Vec<i64> = sqlx::query_scalar(
-            "SELECT o.position FROM outbox o JOIN \
-               (SELECT MIN(position) AS position FROM outbox WHERE status = 'queued' \
-                GROUP BY COALESCE(process_id, ''), channel, to_address) heads \
-               ON heads.position = o.position \
-             WHERE o.next_attempt_at_ms <= $1 \
-             ORDER BY o.position LIMIT $2",
-        )
-        .bind(now_ms)
-        .bind(self.settings.batch_size)
-        .fetch_all(self.store.reader())
-        .await?;
-        for position in candidates {
-            let mut tx = self.store.begin_write().await?;
-            let claimed = sqlx::query(
-                "UPDATE outbox SET next_attempt_at_ms = $1, attempts = attempts + 1 \
-                 WHERE position = $2 AND status = 'queued' AND next_attempt_at_ms <= $3",
-            )
-            .bind(now_ms + self.settings.claim_lease_ms)
-            .bind(position)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            if claimed.rows_affected() == 1 {
-                return self.deliver(position, now_ms).await;
+    /// Delivers until `shutdown` turns true, then lets the sends in flight finish and
+    /// records their outcomes.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let dispatcher = Arc::new(self);
+        let limits = dispatcher.channel_limits();
+        let in_flight_max: usize = limits.values().map(|limit| limit.available_permits()).sum();
+        let in_flight = Arc::new(Semaphore::new(in_flight_max.max(1)));
+        let recorded = Arc::new(Notify::new());
+        let (outcomes, receiver) = mpsc::channel(in_flight_max.max(1) * 2);
+        let recorder = tokio::spawn(dispatcher.clone().record(receiver, recorded.clone()));
+        let committed = dispatcher.store.committed();
+        let poll_interval = Duration::from_millis(dispatcher.settings.poll_interval_ms);
+        let mut sends = JoinSet::new();
+        while !*shutdown.borrow() {
+            while sends.try_join_next().is_some() {}
+            let room = in_flight.available_permits();
+            let claimed = if room == 0 {
+                Ok(Vec::new())
+            } else {
+                dispatcher.claim(room).await
+            };
+            let claimed_any = match claimed {
+                Ok(claimed) => {
+                    let any = !claimed.is_empty();
+                    for claimed in claimed {
+                        let Ok(slot) = in_flight.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let limit = limits.get(&claimed.message.channel).cloned();
+                        let (dispatcher, outcomes) = (dispatcher.clone(), outcomes.clone());
+                        sends.spawn(async move {
+                            let _slot = slot;
+                            let _permit = match limit {
+                                Some(limit) => limit.acquire_owned().await.ok(),
+                                None => None,
+                            };
+                            let attempted = dispatcher.attempt(claimed).await;
+                            let _ = outcomes.send(attempted).await;
+                        });
+                    }
+                    any
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "Outbox dispatcher cannot reach the database");
+                    false
+                }
+            };
+            if claimed_any && in_flight.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll_interval) => {}
+                _ = committed.notified() => {}
+                _ = recorded.notified() => {}
+                _ = shutdown.changed() => {}
             }
         }
-        Ok(ExecutionOutcome::NothingDue)
+        while sends.join_next().await.is_some() {}
+        drop(outcomes);
+        let _ = recorder.await;
     }
 
-    async fn deliver(&self, position: i64, now_ms: i64) -> Result<ExecutionOutcome, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, channel, intended_channel, kind, to_address, retailer_id, process_id, code, \
-             description, reference, language, text, url, payload, attempts, queued_at_ms \
-             FROM outbox WHERE position = $1",
-        )
-        .bind(position)
-        .fetch_one(self.store.reader())
-        .await?;
-        let channel_name: String = row.try_get("channel")?;
-        let attempts: i64 = row.try_get("attempts")?;
-        let queued_at_ms: i64 = row.try_get("queued_at_ms")?;
-        let message = OutboundMessage {
-            id: row.try_get("id")?,
-            channel: channel_name.parse().unwrap_or(ChannelName::Console),
-            intended_channel: row
-                .try_get::<String, _>("intended_channel")?
-                .parse()
-                .unwrap_or(ChannelName::Console),
-            kind: row
-                .try_get::<String, _>("kind")?
-                .parse()
-                .unwrap_or(MessageKind::Notice),
-            to: row.try_get("to_address")?,
-            retailer_id: row.try_get("retailer_id")?,
-            process_id: row.try_get("process_id")?,
-            code: row.try_get("code")?,
-            description: row.try_get("description")?,
-            reference: row.try_get("reference")?,
-            language: row.try_get("language")?,
-            text: row.try_get("text")?,
-            url: row.try_get("url")?,
-            payload: row
-                .try_get::<Option<String>, _>("payload")?
-                .and_then(|payload| serde_json::from_str(&payload).ok()),
-            signing_secrets: Vec::new(),
-        };
-        let mut message = message;
-        if message.channel == ChannelName::Webhook {
-            message.signing_secrets = self
-                .signing_secrets(message.retailer_id.as_deref(), now_ms)
-                .await?;
-        }
-        let result = match self.channels.get(&message.channel) {
-            Some(channel) => channel.send(&message).await,
+    /// Each configured channel's limit on sends in flight.
+    fn channel_limits(&self) -> HashMap<ChannelName, Arc<Semaphore>> {
+        self.channels
+            .iter()
+            .map(|(name, channel)| {
+                let limit = channel
+                    .parallel_sends_max()
+                    .unwrap_or(self.settings.workers)
+                    .max(1);
+                (*name, Arc::new(Semaphore::new(limit)))
+            })
+            .collect()
+    }
+
+    /// Claims up to `room` due messages (at most `outbox.batch_size`) in one transaction.
+    async fn claim(&self, room: usize) -> Result<Vec<Claimed>, StoreError> {
+        let now_ms = self.clock.now_ms();
+        let limit = self.settings.batch_size.min(room as i64);
+        let lease_until_ms = now_ms + self.settings.claim_lease_ms;
+        self.store
+            .write_silently(
+                move |conn| -> WriteFuture<'_, Result<Vec<Claimed>, StoreError>> {
+                    Box::pin(claim_due(conn, now_ms, lease_until_ms, limit))
+                },
+            )
+            .await
+    }
+
+    /// Sends one claimed message and says what became of it.
+    async fn attempt(&self, claimed: Claimed) -> Attempted {
+        let Claimed {
+            position,
+            attempts,
+            queued_at_ms,
+            mut message,
+        } = claimed;
+        let now_ms = self.clock.now_ms();
+        let channel_name = message.channel;
+        let result = match self.channels.get(&channel_name) {
+            Some(channel) => {
+                let secrets = if channel_name == ChannelName::Webhook {
+                    self.signing_secrets(message.retailer_id.as_deref(), now_ms)
+                        .await
+                        .map_err(|error| {
+                            SendError::Retriable(format!(
+                                "cannot read the signing secrets: {error}"
+                            ))
+                        })
+                } else {
+                    Ok(Vec::new())
+                };
+                match secrets {
+                    Ok(secrets) => {
+                        message.signing_secrets = secrets;
+                        channel.send(&message).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             // Configuration may change between writing and delivering; wait for it.
             None => Err(SendError::Retriable(format!(
-                "channel {channel_name} is not configured"
+                "channel {} is not configured",
+                channel_name.as_str()
             ))),
         };
-        let mut tx = self.store.begin_write().await?;
         let outcome = match result {
-            Ok(delivery) => {
-                // Each part's id, so that a delivery receipt finds its message.
-                for remote_id in delivery.remote_id.iter().flat_map(|ids| ids.split(',')) {
-                    sqlx::query(
-                        "INSERT INTO outbox_remote_ids (remote_id, channel, outbox_id) VALUES ($1, $2, $3) \
-                         ON CONFLICT (channel, remote_id) DO NOTHING",
-                    )
-                    .bind(remote_id)
-                    .bind(&channel_name)
-                    .bind(&message.id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                sqlx::query(
-                    "UPDATE outbox SET status = 'delivered', delivered_at_ms = $1, remote_id = $2, \
-                     last_error = NULL WHERE position = $3",
-                )
-                .bind(now_ms)
-                .bind(delivery.remote_id)
-                .bind(position)
-                .execute(&mut *tx)
-                .await?;
-                ExecutionOutcome::Delivered
-            }
+            Ok(delivery) => Outcome::Delivered {
+                remote_id: delivery.remote_id,
+            },
             Err(error) => {
                 let text: String = error.to_string().chars().take(ERROR_LENGTH_MAX).collect();
                 let too_old = now_ms - queued_at_ms > self.settings.retry_max_age_s * 1000;
-                let dead = matches!(error, SendError::Permanent(_)) || too_old;
-                if dead {
-                    tracing::error!(message_id = %message.id, channel = %channel_name, error = %text, "Outbound message dead-lettered");
-                    sqlx::query(
-                        "UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2",
-                    )
-                    .bind(&text)
-                    .bind(position)
-                    .execute(&mut *tx)
-                    .await?;
-                    ExecutionOutcome::DeadLettered
+                if matches!(error, SendError::Permanent(_)) || too_old {
+                    tracing::error!(message_id = %message.id, channel = %channel_name.as_str(), error = %text, "Outbound message dead-lettered");
+                    Outcome::Dead { error: text }
                 } else {
                     let delay_ms = self.backoff_ms(attempts);
-                    tracing::warn!(message_id = %message.id, channel = %channel_name, error = %text, delay_ms, "Outbound message will be retried");
-                    sqlx::query("UPDATE outbox SET next_attempt_at_ms = $1, last_error = $2 WHERE position = $3")
-                        .bind(now_ms + delay_ms)
-                        .bind(&text)
-                        .bind(position)
-                        .execute(&mut *tx)
-                        .await?;
-                    ExecutionOutcome::Retrying
+                    tracing::warn!(message_id = %message.id, channel = %channel_name.as_str(), error = %text, delay_ms, "Outbound message will be retried");
+                    Outcome::Retry {
+                        next_attempt_at_ms: now_ms + delay_ms,
+                        error: text,
+                    }
                 }
             }
         };
-        tx.commit().await?;
-        Ok(outcome)
+        Attempted {
+            position,
+            channel: channel_name,
+            message_id: message.id,
+            outcome,
+        }
+    }
+
+    /// Writes outcomes as they arrive, all that have arrived in one transaction.
+    async fn record(
+        self: Arc<Self>,
+        mut outcomes: mpsc::Receiver<Attempted>,
+        recorded: Arc<Notify>,
+    ) {
+        while let Some(first) = outcomes.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < OUTCOMES_PER_RECORD_MAX {
+                match outcomes.try_recv() {
+                    Ok(attempted) => batch.push(attempted),
+                    Err(_) => break,
+                }
+            }
+            let now_ms = self.clock.now_ms();
+            let written = self
+                .store
+                .write_silently(move |conn| -> WriteFuture<'_, Result<(), StoreError>> {
+                    Box::pin(record_outcomes(conn, batch, now_ms))
+                })
+                .await;
+            if let Err(error) = written {
+                // The leases run out and the messages are tried again: at least once.
+                tracing::error!(error = %error, "Cannot record delivery outcomes; they will be retried");
+            }
+            recorded.notify_one();
+        }
     }
 
     /// The retailer's webhook secrets as they are now, so a rotation applies to retries too.
@@ -223,39 +296,141 @@ impl Dispatcher {
             .min(self.settings.retry_max_ms);
         rand::thread_rng().gen_range(ceiling / 2..=ceiling.max(1))
     }
+}
 
-    /// Runs `outbox.workers` delivery loops until `shutdown` turns true.
-    pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let dispatcher = Arc::new(self);
-        let workers: Vec<_> = (0..dispatcher.settings.workers)
-            .map(|_| tokio::spawn(dispatcher.clone().run_worker(shutdown.clone())))
-            .collect();
-        for worker in workers {
-            let _ = worker.await;
+/// Claims the due heads of the recipients' queues. A message waits while an earlier one of
+/// the same process (or, for messages of no process such as replies, an earlier one of no
+/// process) to the same address is still queued, so each recipient sees them in order even
+/// when one needs retries: only the head of each such queue is a candidate.
+async fn claim_due(
+    conn: &mut AnyConnection,
+    now_ms: i64,
+    lease_until_ms: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, StoreError> {
+    let candidates: Vec<i64> = sqlx::query_scalar(
+        "SELECT o.position FROM outbox o JOIN \
+           (SELECT MIN(position) AS position FROM outbox WHERE status = 'queued' \
+            GROUP BY COALESCE(process_id, ''), channel, to_address) heads \
+           ON heads.position = o.position \
+         WHERE o.next_attempt_at_ms <= $1 \
+         ORDER BY o.position LIMIT $2",
+    )
+    .bind(now_ms)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for position in candidates {
+        let row = sqlx::query(
+            "UPDATE outbox SET next_attempt_at_ms = $1, attempts = attempts + 1 \
+             WHERE position = $2 AND status = 'queued' AND next_attempt_at_ms <= $3 \
+             RETURNING position, id, channel, intended_channel, kind, to_address, retailer_id, \
+             process_id, code, description, reference, language, text, url, payload, attempts, \
+             queued_at_ms",
+        )
+        .bind(lease_until_ms)
+        .bind(position)
+        .bind(now_ms)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            claimed.push(claimed_from_row(&row)?);
         }
     }
+    Ok(claimed)
+}
 
-    /// Delivers until `shutdown` turns true, resting between polls when nothing is due.
-    async fn run_worker(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let poll_interval = Duration::from_millis(self.settings.poll_interval_ms);
-        loop {
-            if *shutdown.borrow() {
-                return;
+fn claimed_from_row(row: &AnyRow) -> Result<Claimed, sqlx::Error> {
+    let parsed_or = |column: &str, fallback: ChannelName| -> Result<ChannelName, sqlx::Error> {
+        Ok(row
+            .try_get::<String, _>(column)?
+            .parse()
+            .unwrap_or(fallback))
+    };
+    let message = OutboundMessage {
+        id: row.try_get("id")?,
+        channel: parsed_or("channel", ChannelName::Console)?,
+        intended_channel: parsed_or("intended_channel", ChannelName::Console)?,
+        kind: row
+            .try_get::<String, _>("kind")?
+            .parse()
+            .unwrap_or(MessageKind::Notice),
+        to: row.try_get("to_address")?,
+        retailer_id: row.try_get("retailer_id")?,
+        process_id: row.try_get("process_id")?,
+        code: row.try_get("code")?,
+        description: row.try_get("description")?,
+        reference: row.try_get("reference")?,
+        language: row.try_get("language")?,
+        text: row.try_get("text")?,
+        url: row.try_get("url")?,
+        payload: row
+            .try_get::<Option<String>, _>("payload")?
+            .and_then(|payload| serde_json::from_str(&payload).ok()),
+        signing_secrets: Vec::new(),
+    };
+    Ok(Claimed {
+        position: row.try_get("position")?,
+        attempts: row.try_get("attempts")?,
+        queued_at_ms: row.try_get("queued_at_ms")?,
+        message,
+    })
+}
+
+async fn record_outcomes(
+    conn: &mut AnyConnection,
+    batch: Vec<Attempted>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for attempted in batch {
+        match attempted.outcome {
+            Outcome::Delivered { remote_id } => {
+                // Each part's id, so that a delivery receipt finds its message.
+                for part_id in remote_id.iter().flat_map(|ids| ids.split(',')) {
+                    sqlx::query(
+                        "INSERT INTO outbox_remote_ids (remote_id, channel, outbox_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (channel, remote_id) DO NOTHING",
+                    )
+                    .bind(part_id)
+                    .bind(attempted.channel.as_str())
+                    .bind(&attempted.message_id)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE outbox SET status = 'delivered', delivered_at_ms = $1, remote_id = $2, \
+                     last_error = NULL WHERE position = $3",
+                )
+                .bind(now_ms)
+                .bind(remote_id)
+                .bind(attempted.position)
+                .execute(&mut *conn)
+                .await?;
             }
-            let rest = match self.try_execute_one().await {
-                Ok(ExecutionOutcome::NothingDue) => true,
-                Ok(_) => false,
-                Err(error) => {
-                    tracing::error!(error = %error, "Outbox dispatcher cannot reach the database");
-                    true
-                }
-            };
-            if rest {
-                tokio::select! {
-                    _ = tokio::time::sleep(poll_interval) => {}
-                    _ = shutdown.changed() => {}
-                }
+            Outcome::Retry {
+                next_attempt_at_ms,
+                error,
+            } => {
+                sqlx::query(
+                    "UPDATE outbox SET next_attempt_at_ms = $1, last_error = $2 WHERE position = $3",
+                )
+                .bind(next_attempt_at_ms)
+                .bind(error)
+                .bind(attempted.position)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Outcome::Dead { error } => {
+                sqlx::query(
+                    "UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2",
+                )
+                .bind(error)
+                .bind(attempted.position)
+                .execute(&mut *conn)
+                .await?;
             }
         }
     }
+    Ok(())
 }

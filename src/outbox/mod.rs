@@ -4,4 +4,4 @@
 pub mod dead_letters;
 mod dispatcher;
 
-pub use dispatcher::{Dispatcher, ExecutionOutcome};
+pub use dispatcher::Dispatcher;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool, Connection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::StoreError;
 
@@ -69,12 +69,15 @@ impl WriteCounters {
 trait QueuedWrite: Send {
     /// Runs inside the batch's savepoint; true when its writes are to be kept.
     fn run<'c>(&'c mut self, conn: &'c mut AnyConnection) -> WriteFuture<'c, bool>;
+    /// True when its commit should wake the outbox dispatcher.
+    fn wakes(&self) -> bool;
     /// Answers the caller once the batch committed, or failed with `commit_error`.
     fn finish(self: Box<Self>, commit_error: Option<&str>);
 }
 
 struct TypedWrite<F, T, E> {
     operation: Option<F>,
+    wakes: bool,
     outcome: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
 }
@@ -95,6 +98,10 @@ where
             self.outcome = Some(outcome);
             keep
         })
+    }
+
+    fn wakes(&self) -> bool {
+        self.wakes
     }
 
     fn finish(self: Box<Self>, commit_error: Option<&str>) {
@@ -122,23 +129,29 @@ impl GroupCommit {
         writer: AnyPool,
         limits: BatchLimits,
         counters: Arc<WriteCounters>,
+        committed: Arc<Notify>,
     ) -> GroupCommit {
         let (queue, receiver) = mpsc::channel(limits.queue_max.max(1));
-        tokio::spawn(run_writer(writer, receiver, limits, counters));
+        let writer_task = WriterTask {
+            writer,
+            limits,
+            counters,
+            committed,
+        };
+        tokio::spawn(writer_task.run(receiver));
         GroupCommit { queue }
     }
 
-    pub(super) async fn write<F, T, E>(&self, operation: F) -> Result<T, E>
+    pub(super) async fn write<F, T, E>(&self, operation: F, wakes: bool) -> Result<T, E>
     where
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let queued = Box::new(TypedWrite {
             operation: Some(operation),
+            wakes,
             outcome: None,
             reply,
         });
@@ -152,37 +165,50 @@ impl GroupCommit {
     }
 }
 
-async fn run_writer(
+struct WriterTask {
     writer: AnyPool,
-    mut receiver: mpsc::Receiver<Box<dyn QueuedWrite>>,
     limits: BatchLimits,
     counters: Arc<WriteCounters>,
-) {
-    let operations_max = limits.operations_max.max(1);
-    while let Some(first) = receiver.recv().await {
-        let mut batch = Vec::with_capacity(operations_max.min(64));
-        batch.push(first);
-        gather(&mut receiver, &mut batch, operations_max, limits.wait_ms).await;
-        let operations = batch.len();
-        counters.count(operations);
-        // Its own task, so that an operation that panics takes down its batch (whose callers
-        // are told the writer stopped, and whose transaction rolls back) but not the writer.
-        let writer = writer.clone();
-        let committed = tokio::spawn(async move {
-            let result = commit_batch(&writer, &mut batch).await;
-            (batch, result)
-        })
-        .await;
-        let Ok((batch, result)) = committed else {
-            tracing::error!(operations, "A write batch panicked; none of it happened");
-            continue;
-        };
-        let commit_error = result.err().map(|error| {
+    committed: Arc<Notify>,
+}
+
+impl WriterTask {
+    async fn run(self, mut receiver: mpsc::Receiver<Box<dyn QueuedWrite>>) {
+        let WriterTask {
+            writer,
+            limits,
+            counters,
+            committed,
+        } = self;
+        let operations_max = limits.operations_max.max(1);
+        while let Some(first) = receiver.recv().await {
+            let mut batch = Vec::with_capacity(operations_max.min(64));
+            batch.push(first);
+            gather(&mut receiver, &mut batch, operations_max, limits.wait_ms).await;
+            let operations = batch.len();
+            counters.count(operations);
+            // Its own task, so that an operation that panics takes down its batch (whose callers
+            // are told the writer stopped, and whose transaction rolls back) but not the writer.
+            let writer = writer.clone();
+            let finished = tokio::spawn(async move {
+                let result = commit_batch(&writer, &mut batch).await;
+                (batch, result)
+            })
+            .await;
+            let Ok((batch, result)) = finished else {
+                tracing::error!(operations, "A write batch panicked; none of it happened");
+                continue;
+            };
+            let commit_error = result.err().map(|error| {
             tracing::error!(error = %error, operations, "A write batch failed; none of it happened");
             error.to_string()
         });
-        for queued in batch {
-            queued.finish(commit_error.as_deref());
+            if commit_error.is_none() && batch.iter().any(|queued| queued.wakes()) {
+                committed.notify_one();
+            }
+            for queued in batch {
+                queued.finish(commit_error.as_deref());
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ use sqlx::migrate::Migrator;
 use std::sync::Arc;
 
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use tokio::sync::Notify;
 
 use group_commit::{BatchLimits, GroupCommit, WriteCounters};
 
@@ -66,6 +67,9 @@ pub struct Store {
     /// SQLite only: the queue to the writer task that commits in groups.
     group_commit: Option<GroupCommit>,
     write_counters: Arc<WriteCounters>,
+    /// Told after every commit of `write`, so the outbox dispatcher wakes when there may be
+    /// something new to deliver instead of waiting for its next poll.
+    committed: Arc<Notify>,
 }
 
 impl Store {
@@ -101,19 +105,25 @@ impl Store {
                 let writer = open(1).await?;
                 let reader = open(settings.max_connections).await?;
                 let write_counters = Arc::new(WriteCounters::default());
+                let committed = Arc::new(Notify::new());
                 let limits = BatchLimits {
                     operations_max: settings.write_batch_operations_max,
                     wait_ms: settings.write_batch_wait_ms,
                     queue_max: settings.write_queue_max,
                 };
-                let group_commit =
-                    GroupCommit::start(writer.clone(), limits, write_counters.clone());
+                let group_commit = GroupCommit::start(
+                    writer.clone(),
+                    limits,
+                    write_counters.clone(),
+                    committed.clone(),
+                );
                 Ok(Store {
                     backend,
                     reader,
                     writer,
                     group_commit: Some(group_commit),
                     write_counters,
+                    committed,
                 })
             }
             Backend::Postgres => {
@@ -128,6 +138,7 @@ impl Store {
                     writer: pool,
                     group_commit: None,
                     write_counters: Arc::new(WriteCounters::default()),
+                    committed: Arc::new(Notify::new()),
                 })
             }
         }
@@ -153,14 +164,32 @@ impl Store {
     /// either way, `Ok` means committed.
     pub async fn write<F, T, E>(&self, operation: F) -> Result<T, E>
     where
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>>
-            + Send
-            + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.write_waking(operation, true).await
+    }
+
+    /// `write` for the dispatcher's own bookkeeping (claims, outcomes): its commit does not
+    /// wake the dispatcher, which would otherwise wake itself forever.
+    pub async fn write_silently<F, T, E>(&self, operation: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        self.write_waking(operation, false).await
+    }
+
+    async fn write_waking<F, T, E>(&self, operation: F, wakes: bool) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> WriteFuture<'c, Result<T, E>> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
         if let Some(group_commit) = &self.group_commit {
-            return group_commit.write(operation).await;
+            return group_commit.write(operation, wakes).await;
         }
         self.write_counters.count(1);
         let mut transaction = self.begin_write().await.map_err(E::from)?;
@@ -170,6 +199,9 @@ impl Store {
                     .commit()
                     .await
                     .map_err(|error| E::from(StoreError::Database(error)))?;
+                if wakes {
+                    self.committed.notify_one();
+                }
                 Ok(value)
             }
             Err(error) => {
@@ -178,6 +210,11 @@ impl Store {
                 Err(error)
             }
         }
+    }
+
+    /// Notified after commits of `write` (a permit is kept when nobody waits).
+    pub fn committed(&self) -> Arc<Notify> {
+        self.committed.clone()
     }
 
     /// How many write batches and operations this store has committed since it opened.

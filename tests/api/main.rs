@@ -21,5 +21,6 @@ mod routing;
 mod security;
 mod sms;
 mod sms_replies;
+mod sms_window;
 mod validation;
 mod webhooks;

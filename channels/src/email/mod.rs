@@ -470,6 +470,11 @@ impl Channel for EmailChannel {
         ChannelName::Email
     }
 
+    /// The SMTP pool: each exchange in flight holds one of its connections.
+    fn parallel_sends_max(&self) -> Option<usize> {
+        usize::try_from(self.pool_size).ok()
+    }
+
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
         let (email, message_id) = self.compose(message)?;
         self.bounded(self.transport.send(email))

@@ -355,6 +355,12 @@ impl Channel for SmsChannel {
         ChannelName::Sms
     }
 
+    /// Every link's window: the links hold each submit until their window and pace allow,
+    /// so this many sends in flight keep every window full and never overfill one.
+    fn parallel_sends_max(&self) -> Option<usize> {
+        Some(self.settings.smscs.iter().map(|smsc| smsc.window).sum())
+    }
+
     /// Submits every part of the text over one bound link and returns the SMSC's ids of
     /// the parts, first part first, joined by commas.
     ///

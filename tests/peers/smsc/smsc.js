@@ -26,6 +26,8 @@
 //                          the next `count` submit_sm get ESME_RTHROTTLED (or `status`),
 //                          after `after` more are accepted first
 //   POST /unbind           sends unbind to every bound session
+//   POST /hold {"on"}      on: accepted submits wait unanswered (in flight) until off;
+//                          off: answers them, each after --resp-delay-ms as usual
 //
 // node-smpp quirks this script avoids: it throws on an undefined short_message; it drops
 // TLVs it does not know when encoding; it decodes texts by `data_coding & 0x0F`.
@@ -146,12 +148,18 @@ function noteArrival() {
   stats.max_in_flight = Math.max(stats.max_in_flight, stats.in_flight);
 }
 
+// While holding, answers wait here (a test builds a backlog without racing the ESME).
+let holding = false;
+const held = [];
+
 function respond(session, pdu, fields) {
   const send = () => {
     stats.in_flight -= 1;
     session.send(pdu.response(fields));
   };
-  if (options.respDelayMs > 0) {
+  if (holding) {
+    held.push(send);
+  } else if (options.respDelayMs > 0) {
     setTimeout(send, options.respDelayMs);
   } else {
     send();
@@ -449,6 +457,17 @@ async function route(request, response) {
       if (outcome.timeout) return reply(response, 504, { error: 'no deliver_sm_resp in 10 s' });
       if (outcome.not_sent) return reply(response, 409, { error: 'the session is not writable' });
       return reply(response, 200, outcome);
+    }
+    case 'POST /hold': {
+      const body = await readJson(request);
+      holding = body.on === true;
+      if (!holding) {
+        held.splice(0).forEach((send) => {
+          if (options.respDelayMs > 0) setTimeout(send, options.respDelayMs);
+          else send();
+        });
+      }
+      return reply(response, 200, { holding, held: held.length });
     }
     case 'POST /unbind': {
       const bound = sessions.filter((session) => session.bound && !session.closed);
