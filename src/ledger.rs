@@ -114,7 +114,9 @@ impl AccountCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AccountKey, String>> {
         // A panic while holding this lock cannot leave a wrong id behind (inserts are whole).
-        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -250,21 +250,23 @@ impl Engine {
         now_ms: i64,
         effects: &mut Effects,
     ) -> Result<AnswerOutcome, EngineError> {
-        let held = self.ledger.post(
-            conn,
-            Transfer {
-                kind: TransferKind::Release,
-                currency: process.currency(),
-                debit: (AccountKind::CustomerCredit, &customer.id),
-                credit: (AccountKind::ProcessHold, &process.id),
-                amount: confirmation.amount,
-                process_id: Some(&process.id),
-                step_id: None,
-                reference: None,
-                now_ms,
-            },
-        )
-        .await;
+        let held = self
+            .ledger
+            .post(
+                conn,
+                Transfer {
+                    kind: TransferKind::Release,
+                    currency: process.currency(),
+                    debit: (AccountKind::CustomerCredit, &customer.id),
+                    credit: (AccountKind::ProcessHold, &process.id),
+                    amount: confirmation.amount,
+                    process_id: Some(&process.id),
+                    step_id: None,
+                    reference: None,
+                    now_ms,
+                },
+            )
+            .await;
         match held {
             Ok(()) => {}
             Err(LedgerError::InsufficientFunds) => {

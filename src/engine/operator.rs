@@ -125,21 +125,22 @@ impl Engine {
         rows::load_customer(conn, customer_id)
             .await?
             .ok_or(EngineError::NotFound("customer"))?;
-        self.ledger.post(
-            conn,
-            Transfer {
-                kind: TransferKind::Deposit,
-                currency,
-                debit: (AccountKind::OperatorFunding, "operator"),
-                credit: (AccountKind::CustomerCredit, customer_id),
-                amount,
-                process_id: None,
-                step_id: None,
-                reference,
-                now_ms: self.now_ms(),
-            },
-        )
-        .await?;
+        self.ledger
+            .post(
+                conn,
+                Transfer {
+                    kind: TransferKind::Deposit,
+                    currency,
+                    debit: (AccountKind::OperatorFunding, "operator"),
+                    credit: (AccountKind::CustomerCredit, customer_id),
+                    amount,
+                    process_id: None,
+                    step_id: None,
+                    reference,
+                    now_ms: self.now_ms(),
+                },
+            )
+            .await?;
         Ok(ledger::balance(conn, AccountKind::CustomerCredit, customer_id, currency).await?)
     }
 

@@ -364,21 +364,22 @@ impl Engine {
                 .customer_id
                 .clone()
                 .ok_or(EngineError::Invariant("a hold without a customer".into()))?;
-            self.ledger.post(
-                conn,
-                Transfer {
-                    kind: TransferKind::Return,
-                    currency: process.currency(),
-                    debit: (AccountKind::ProcessHold, &process.id),
-                    credit: (AccountKind::CustomerCredit, &customer_id),
-                    amount: returned,
-                    process_id: Some(&process.id),
-                    step_id: None,
-                    reference: None,
-                    now_ms,
-                },
-            )
-            .await?;
+            self.ledger
+                .post(
+                    conn,
+                    Transfer {
+                        kind: TransferKind::Return,
+                        currency: process.currency(),
+                        debit: (AccountKind::ProcessHold, &process.id),
+                        credit: (AccountKind::CustomerCredit, &customer_id),
+                        amount: returned,
+                        process_id: Some(&process.id),
+                        step_id: None,
+                        reference: None,
+                        now_ms,
+                    },
+                )
+                .await?;
         }
         let status = match ended {
             Ended::Closed => ProcessStatus::Closed,

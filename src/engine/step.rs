@@ -169,21 +169,22 @@ impl Engine {
         now_ms: i64,
         effects: &mut Effects,
     ) -> Result<StepRow, EngineError> {
-        self.ledger.post(
-            conn,
-            Transfer {
-                kind: TransferKind::Step,
-                currency: process.currency(),
-                debit: (AccountKind::ProcessHold, &process.id),
-                credit: (AccountKind::RetailerReceivable, &retailer.id),
-                amount: step.amount,
-                process_id: Some(&process.id),
-                step_id: Some(&step.id),
-                reference: step.reference.as_deref(),
-                now_ms,
-            },
-        )
-        .await?;
+        self.ledger
+            .post(
+                conn,
+                Transfer {
+                    kind: TransferKind::Step,
+                    currency: process.currency(),
+                    debit: (AccountKind::ProcessHold, &process.id),
+                    credit: (AccountKind::RetailerReceivable, &retailer.id),
+                    amount: step.amount,
+                    process_id: Some(&process.id),
+                    step_id: Some(&step.id),
+                    reference: step.reference.as_deref(),
+                    now_ms,
+                },
+            )
+            .await?;
         // The guard repeats the ledger's: the remaining amount is never negative, and the
         // database's CHECK says so a third time. A charge is activity, so the same statement
         // moves the inactivity expiry (what `touch` does).
