@@ -20,6 +20,7 @@ use super::AppState;
 use crate::clock::format_ms;
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language};
 use crate::engine::{Answer, AnswerOutcome, ConfirmationPage, EngineError};
+use crate::store::WriteFuture;
 
 /// Tokens are 43 characters of URL-safe base64; anything far off is refused unread.
 const TOKEN_LENGTH_MAX: usize = 128;
@@ -475,12 +476,19 @@ async fn submit(
         channel: ChannelName::Console,
         verified,
     };
-    let mut tx = engine.store.begin_write().await?;
-    match engine.answer_by_token(&mut tx, token, answer).await {
-        Ok(outcome) => {
-            tx.commit().await?;
-            Ok(Some(outcome))
-        }
+    // Through Store::write: the answer shares its commit with concurrent writes, and the
+    // commit wakes the dispatcher for the receipts it queued.
+    let (writer, token) = (engine.clone(), token.to_string());
+    let answered = engine
+        .store
+        .write(
+            move |conn| -> WriteFuture<'_, Result<AnswerOutcome, EngineError>> {
+                Box::pin(async move { writer.answer_by_token(conn, &token, answer).await })
+            },
+        )
+        .await;
+    match answered {
+        Ok(outcome) => Ok(Some(outcome)),
         Err(EngineError::NotFound(_)) => Ok(None),
         Err(error) => Err(error),
     }
