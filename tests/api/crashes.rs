@@ -1,8 +1,10 @@
-//! The daemon killed with SIGKILL again and again while a scenario runs: afterwards every
-//! event has reached the retailer's webhook, under one webhook-id each.
+//! The daemon killed with SIGKILL again and again while a scenario runs from several
+//! clients at once (so that kills land while shared write batches commit): afterwards every
+//! acknowledged step is charged exactly once, and every event has reached the retailer's
+//! webhook, under one webhook-id each.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -15,6 +17,8 @@ use crate::on_both_databases;
 use crate::webhooks::{assert_delivered_exactly_once_in_order, WebhookReceiver};
 
 const KILLS: usize = 10;
+/// Clients sending at once, so that their writes share batches.
+const CLIENTS: usize = 8;
 
 on_both_databases!(no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load);
 
@@ -57,6 +61,7 @@ async fn load(
     process_id: String,
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicUsize>,
+    acknowledged_steps: Arc<Mutex<Vec<String>>>,
 ) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -84,7 +89,16 @@ async fn load(
             .await;
         match sent {
             Ok(response) if response.status() == StatusCode::CREATED => {
+                let is_step = path.ends_with("/steps");
+                // An answer cut off by a kill is not an acknowledgement.
+                let Ok(answer) = response.json::<Value>().await else {
+                    continue;
+                };
                 acknowledged.fetch_add(1, Ordering::SeqCst);
+                if is_step {
+                    let step_id = answer["id"].as_str().unwrap().to_string();
+                    acknowledged_steps.lock().unwrap().push(step_id);
+                }
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
@@ -108,13 +122,19 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicUsize::new(0));
-    let load_task = tokio::spawn(load(
-        daemon.base.clone(),
-        api_key.clone(),
-        process_id,
-        stop.clone(),
-        acknowledged.clone(),
-    ));
+    let acknowledged_steps = Arc::new(Mutex::new(Vec::new()));
+    let load_tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(load(
+                daemon.base.clone(),
+                api_key.clone(),
+                process_id.clone(),
+                stop.clone(),
+                acknowledged.clone(),
+                acknowledged_steps.clone(),
+            ))
+        })
+        .collect();
     for _ in 0..KILLS {
         let pause_ms = rand::thread_rng().gen_range(150..450);
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
@@ -123,13 +143,27 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
-    load_task.await.unwrap();
+    for load_task in load_tasks {
+        load_task.await.unwrap();
+    }
     assert!(
         acknowledged.load(Ordering::SeqCst) >= KILLS,
         "the load ran between the kills"
     );
 
     let events = feed(&daemon, &api_key).await;
+    // Every acknowledged step was charged exactly once: one step.charged event each.
+    let acknowledged_steps = acknowledged_steps.lock().unwrap().clone();
+    for step_id in &acknowledged_steps {
+        let charged = events
+            .iter()
+            .filter(|event| event["type"] == "step.charged" && event["data"]["id"] == *step_id)
+            .count();
+        assert_eq!(
+            charged, 1,
+            "acknowledged step {step_id} charged {charged} times"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let received = receiver.received().await;
@@ -154,8 +188,9 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     }
     let received = receiver.received().await;
     eprintln!(
-        "{KILLS} kills: {} acknowledged requests, {} events, {} deliveries ({} repeated under their webhook-id)",
+        "{KILLS} kills, {CLIENTS} clients: {} acknowledged requests ({} steps, each charged once), {} events, {} deliveries ({} repeated under their webhook-id)",
         acknowledged.load(Ordering::SeqCst),
+        acknowledged_steps.len(),
         events.len(),
         received.deliveries.len(),
         received.deliveries.len() - events.len(),
