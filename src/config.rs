@@ -186,6 +186,9 @@ pub struct OutboxSettings {
     /// mid-delivery, another worker tries again once it runs out.
     pub claim_lease_ms: i64,
     pub workers: usize,
+    /// False: this daemon delivers nothing (another daemon on the same PostgreSQL does, or
+    /// a benchmark measures writes alone). Messages are still written and wait for one.
+    pub deliver: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -195,7 +195,12 @@ impl Application {
             settings.outbox.clone(),
             engine.clock.clone(),
         );
-        let dispatcher_task = tokio::spawn(dispatcher.run(shutdown.clone()));
+        let dispatcher_task = if settings.outbox.deliver {
+            tokio::spawn(dispatcher.run(shutdown.clone()))
+        } else {
+            tracing::info!("outbox.deliver is false: this daemon delivers no messages");
+            tokio::spawn(async {})
+        };
         let sweeper_task = tokio::spawn(run_sweeper(engine.clone(), shutdown.clone()));
         tracing::info!(address = %address, "paystep is listening");
         let state = AppState::new(engine.clone());

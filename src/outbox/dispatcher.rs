@@ -42,6 +42,14 @@ pub struct Dispatcher {
     clock: SharedClock,
 }
 
+/// Messages of one channel (or of the channels not configured here) and how many of them
+/// may be in flight at once.
+struct Lane {
+    /// SQL naming the lane's channels; built from channel names only.
+    filter: String,
+    sends: Arc<Semaphore>,
+}
+
 /// A claimed message with what recording its outcome needs.
 struct Claimed {
     position: i64,
@@ -90,50 +98,49 @@ impl Dispatcher {
     /// records their outcomes.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let dispatcher = Arc::new(self);
-        let limits = dispatcher.channel_limits();
-        let in_flight_max: usize = limits.values().map(|limit| limit.available_permits()).sum();
-        let in_flight = Arc::new(Semaphore::new(in_flight_max.max(1)));
+        let lanes = dispatcher.lanes();
+        let sends_max: usize = lanes
+            .iter()
+            .map(|lane| lane.sends.available_permits())
+            .sum();
         let recorded = Arc::new(Notify::new());
-        let (outcomes, receiver) = mpsc::channel(in_flight_max.max(1) * 2);
+        let (outcomes, receiver) = mpsc::channel(sends_max.max(1) * 2);
         let recorder = tokio::spawn(dispatcher.clone().record(receiver, recorded.clone()));
         let committed = dispatcher.store.committed();
         let poll_interval = Duration::from_millis(dispatcher.settings.poll_interval_ms);
         let mut sends = JoinSet::new();
         while !*shutdown.borrow() {
             while sends.try_join_next().is_some() {}
-            let room = in_flight.available_permits();
-            let claimed = if room == 0 {
-                Ok(Vec::new())
-            } else {
-                dispatcher.claim(room).await
-            };
-            let claimed_any = match claimed {
-                Ok(claimed) => {
-                    let any = !claimed.is_empty();
-                    for claimed in claimed {
-                        let Ok(slot) = in_flight.clone().try_acquire_owned() else {
-                            break;
-                        };
-                        let limit = limits.get(&claimed.message.channel).cloned();
-                        let (dispatcher, outcomes) = (dispatcher.clone(), outcomes.clone());
-                        sends.spawn(async move {
-                            let _slot = slot;
-                            let _permit = match limit {
-                                Some(limit) => limit.acquire_owned().await.ok(),
-                                None => None,
-                            };
-                            let attempted = dispatcher.attempt(claimed).await;
-                            let _ = outcomes.send(attempted).await;
-                        });
+            let mut more_at_once = false;
+            for lane in &lanes {
+                let room = lane.sends.available_permits();
+                if room == 0 {
+                    continue;
+                }
+                let claimed = match dispatcher.claim(&lane.filter, room).await {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::error!(error = %error, "Outbox dispatcher cannot reach the database");
+                        break;
                     }
-                    any
+                };
+                more_at_once |=
+                    !claimed.is_empty() && lane.sends.available_permits() > claimed.len();
+                for claimed in claimed {
+                    // Only this loop takes permits, so the room counted above is still there:
+                    // every claimed message starts at once, well inside its lease.
+                    let Ok(permit) = lane.sends.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let (dispatcher, outcomes) = (dispatcher.clone(), outcomes.clone());
+                    sends.spawn(async move {
+                        let attempted = dispatcher.attempt(claimed).await;
+                        drop(permit);
+                        let _ = outcomes.send(attempted).await;
+                    });
                 }
-                Err(error) => {
-                    tracing::error!(error = %error, "Outbox dispatcher cannot reach the database");
-                    false
-                }
-            };
-            if claimed_any && in_flight.available_permits() > 0 {
+            }
+            if more_at_once {
                 continue;
             }
             tokio::select! {
@@ -148,29 +155,60 @@ impl Dispatcher {
         let _ = recorder.await;
     }
 
-    /// Each configured channel's limit on sends in flight.
-    fn channel_limits(&self) -> HashMap<ChannelName, Arc<Semaphore>> {
-        self.channels
+    /// A lane per configured channel, holding that channel's limit on sends in flight
+    /// (`Channel::parallel_sends_max`, else `outbox.workers`), and one for messages of
+    /// channels not configured here, which are tried (and fail retriably, until they are
+    /// dead letters) as before. Lanes are claimed separately, so a backlog on a slow channel
+    /// never holds back another channel's messages.
+    fn lanes(&self) -> Vec<Lane> {
+        let mut names: Vec<ChannelName> = self.channels.keys().copied().collect();
+        names.sort_by_key(|name| name.as_str());
+        let mut lanes: Vec<Lane> = names
             .iter()
-            .map(|(name, channel)| {
-                let limit = channel
+            .map(|name| {
+                let limit = self.channels[name]
                     .parallel_sends_max()
                     .unwrap_or(self.settings.workers)
                     .max(1);
-                (*name, Arc::new(Semaphore::new(limit)))
+                Lane {
+                    filter: format!("channel = '{}'", name.as_str()),
+                    sends: Arc::new(Semaphore::new(limit)),
+                }
             })
-            .collect()
+            .collect();
+        let configured: Vec<String> = names
+            .iter()
+            .map(|name| format!("'{}'", name.as_str()))
+            .collect();
+        lanes.push(Lane {
+            filter: if configured.is_empty() {
+                "1 = 1".to_string()
+            } else {
+                format!("channel NOT IN ({})", configured.join(", "))
+            },
+            sends: Arc::new(Semaphore::new(self.settings.workers.max(1))),
+        });
+        lanes
     }
 
     /// Claims up to `room` due messages (at most `outbox.batch_size`) in one transaction.
-    async fn claim(&self, room: usize) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim(&self, lane_filter: &str, room: usize) -> Result<Vec<Claimed>, StoreError> {
         let now_ms = self.clock.now_ms();
         let limit = self.settings.batch_size.min(room as i64);
+        // The candidates come from a reader, outside the write transaction: on SQLite the
+        // scan of the queue heads would otherwise hold the one writer. The claims re-check
+        // each candidate, so one that changed meanwhile is just skipped.
+        let mut reader = self.store.reader().acquire().await?;
+        let candidates = due_heads(&mut reader, lane_filter, now_ms, limit).await?;
+        drop(reader);
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
         let lease_until_ms = now_ms + self.settings.claim_lease_ms;
         self.store
             .write_silently(
                 move |conn| -> WriteFuture<'_, Result<Vec<Claimed>, StoreError>> {
-                    Box::pin(claim_due(conn, now_ms, lease_until_ms, limit))
+                    Box::pin(claim(conn, candidates, now_ms, lease_until_ms))
                 },
             )
             .await
@@ -298,28 +336,39 @@ impl Dispatcher {
     }
 }
 
-/// Claims the due heads of the recipients' queues. A message waits while an earlier one of
-/// the same process (or, for messages of no process such as replies, an earlier one of no
-/// process) to the same address is still queued, so each recipient sees them in order even
-/// when one needs retries: only the head of each such queue is a candidate.
-async fn claim_due(
+/// The due heads of the recipients' queues, oldest first. A message waits while an earlier
+/// one of the same process (or, for messages of no process such as replies, an earlier one
+/// of no process) to the same address is still queued, so each recipient sees them in order
+/// even when one needs retries: only the head of each such queue is a candidate.
+async fn due_heads(
     conn: &mut AnyConnection,
+    lane_filter: &str,
     now_ms: i64,
-    lease_until_ms: i64,
     limit: i64,
-) -> Result<Vec<Claimed>, StoreError> {
-    let candidates: Vec<i64> = sqlx::query_scalar(
+) -> Result<Vec<i64>, sqlx::Error> {
+    // The filter is built from channel names (fixed identifiers), never from input.
+    sqlx::query_scalar(&format!(
         "SELECT o.position FROM outbox o JOIN \
-           (SELECT MIN(position) AS position FROM outbox WHERE status = 'queued' \
+           (SELECT MIN(position) AS position FROM outbox WHERE status = 'queued' AND {lane_filter} \
             GROUP BY COALESCE(process_id, ''), channel, to_address) heads \
            ON heads.position = o.position \
          WHERE o.next_attempt_at_ms <= $1 \
-         ORDER BY o.position LIMIT $2",
-    )
+         ORDER BY o.position LIMIT $2"
+    ))
     .bind(now_ms)
     .bind(limit)
     .fetch_all(&mut *conn)
-    .await?;
+    .await
+}
+
+/// Claims the candidates that are still queued and due, each with a guarded UPDATE that
+/// pushes its next attempt out by the lease and returns the message.
+async fn claim(
+    conn: &mut AnyConnection,
+    candidates: Vec<i64>,
+    now_ms: i64,
+    lease_until_ms: i64,
+) -> Result<Vec<Claimed>, StoreError> {
     let mut claimed = Vec::with_capacity(candidates.len());
     for position in candidates {
         let row = sqlx::query(

@@ -108,10 +108,19 @@ impl ConsoleChannel {
     }
 }
 
+/// Console sends the dispatcher may have in flight (they queue on the write lock).
+const CONSOLE_SENDS_IN_FLIGHT_MAX: usize = 64;
+
 #[async_trait]
 impl Channel for ConsoleChannel {
     fn name(&self) -> ChannelName {
         ChannelName::Console
+    }
+
+    /// Lines are written one at a time under a lock, so sends in flight cost nothing but
+    /// let the dispatcher claim a backlog in large batches.
+    fn parallel_sends_max(&self) -> Option<usize> {
+        Some(CONSOLE_SENDS_IN_FLIGHT_MAX)
     }
 
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
