@@ -10,6 +10,7 @@ use super::process::text_facts;
 use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow};
 use super::step::reload_step;
 use super::texts::{Ended, Text};
+use super::txn::Txn;
 use super::views::{ProcessView, StepView};
 use super::{secret_hash, Engine, EngineError};
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, ProcessStatus};
@@ -79,6 +80,14 @@ pub struct ConfirmationPage {
 pub enum Resolution {
     Declined(&'static str),
     Expired,
+}
+
+/// A confirmation request settled without approval: which, how, and whether the process
+/// ends with it (an unanswered initial request) or goes on (a top-up, a close).
+pub struct Settles<'a> {
+    pub confirmation: &'a ConfirmationRow,
+    pub resolution: Resolution,
+    pub ends_process: bool,
 }
 
 /// What becomes of an answer, decided before anything is written.
@@ -204,31 +213,29 @@ impl Engine {
             }
         };
         let mut effects = Effects::default();
+        let mut txn = Txn {
+            conn: &mut *conn,
+            now_ms,
+            effects: &mut effects,
+        };
         let outcome = match decision {
             Decision::Refuse(outcome) => outcome,
             Decision::Resolve(resolution, outcome) => {
-                self.resolve_unapproved(
-                    conn,
-                    &mut process,
-                    &retailer,
-                    &confirmation,
+                let settles = Settles {
+                    confirmation: &confirmation,
                     resolution,
-                    now_ms,
-                    &mut effects,
-                    true,
-                )
-                .await?;
+                    ends_process: true,
+                };
+                self.resolve_unapproved(&mut txn, &mut process, &retailer, settles)
+                    .await?;
                 outcome
             }
             Decision::Approve(customer) => {
                 self.approve(
-                    conn,
+                    &mut txn,
                     &mut process,
-                    &retailer,
-                    &customer,
+                    (&retailer, &customer),
                     &confirmation,
-                    now_ms,
-                    &mut effects,
                 )
                 .await?
             }
@@ -239,17 +246,14 @@ impl Engine {
 
     /// Holds the released amount (claim 1's comparison of credit and release is the guarded
     /// debit) and charges the step that waited for it, if any.
-    #[allow(clippy::too_many_arguments)]
     async fn approve(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         process: &mut ProcessRow,
-        retailer: &RetailerRow,
-        customer: &CustomerRow,
+        (retailer, customer): (&RetailerRow, &CustomerRow),
         confirmation: &ConfirmationRow,
-        now_ms: i64,
-        effects: &mut Effects,
     ) -> Result<AnswerOutcome, EngineError> {
+        let (conn, now_ms, effects) = (&mut *txn.conn, txn.now_ms, &mut *txn.effects);
         let held = self
             .ledger
             .post(
@@ -271,17 +275,18 @@ impl Engine {
             Ok(()) => {}
             Err(LedgerError::InsufficientFunds) => {
                 let resolution = Resolution::Declined("insufficient_credit");
-                self.resolve_unapproved(
+                let mut txn = Txn {
                     conn,
-                    process,
-                    retailer,
-                    confirmation,
-                    resolution,
                     now_ms,
                     effects,
-                    true,
-                )
-                .await?;
+                };
+                let settles = Settles {
+                    confirmation,
+                    resolution,
+                    ends_process: true,
+                };
+                self.resolve_unapproved(&mut txn, process, retailer, settles)
+                    .await?;
                 return Ok(AnswerOutcome::InsufficientCredit);
             }
             Err(other) => return Err(other.into()),
@@ -333,7 +338,12 @@ impl Engine {
         }
         if let Some(step_id) = &confirmation.step_id {
             let step = reload_step(conn, step_id).await?;
-            self.charge(conn, process, retailer, customer, &step, now_ms, effects)
+            let mut txn = Txn {
+                conn: &mut *conn,
+                now_ms,
+                effects: &mut *effects,
+            };
+            self.charge(&mut txn, process, (retailer, customer), &step)
                 .await?;
         }
         self.touch(conn, process, now_ms).await?;
@@ -539,18 +549,19 @@ impl Engine {
 
     /// Ends a pending request that was not approved: the waiting step with it, and for the
     /// first request the process too (unless the caller ends the process itself).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn resolve_unapproved(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         process: &mut ProcessRow,
         retailer: &RetailerRow,
-        confirmation: &ConfirmationRow,
-        resolution: Resolution,
-        now_ms: i64,
-        effects: &mut Effects,
-        end_process: bool,
+        settles: Settles<'_>,
     ) -> Result<(), EngineError> {
+        let (conn, now_ms, effects) = (&mut *txn.conn, txn.now_ms, &mut *txn.effects);
+        let Settles {
+            confirmation,
+            resolution,
+            ends_process: end_process,
+        } = settles;
         let (status, reason) = match resolution {
             Resolution::Declined(reason) => ("declined", Some(reason)),
             Resolution::Expired => ("expired", None),

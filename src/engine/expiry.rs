@@ -1,10 +1,11 @@
 //! Expiry: confirmation requests nobody answered, and processes nobody used.
 
-use super::confirm::{lock_confirmation, Resolution};
+use super::confirm::{lock_confirmation, Resolution, Settles};
 use super::effects::Effects;
 use super::process::text_facts;
 use super::rows;
 use super::texts::{Ended, Text};
+use super::txn::Txn;
 use super::views::ProcessView;
 use super::{Engine, EngineError};
 use paystep_channels::MessageKind;
@@ -129,17 +130,18 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
         let mut effects = Effects::default();
-        self.resolve_unapproved(
-            &mut tx,
-            &mut process,
-            &retailer,
-            &confirmation,
-            Resolution::Expired,
+        let mut txn = Txn {
+            conn: &mut tx,
             now_ms,
-            &mut effects,
-            true,
-        )
-        .await?;
+            effects: &mut effects,
+        };
+        let settles = Settles {
+            confirmation: &confirmation,
+            resolution: Resolution::Expired,
+            ends_process: true,
+        };
+        self.resolve_unapproved(&mut txn, &mut process, &retailer, settles)
+            .await?;
         effects.flush(&mut tx, &self.channels, now_ms).await?;
         tx.commit().await?;
         tracing::info!(confirmation_id, process_id = %process.id, "Confirmation request expired");

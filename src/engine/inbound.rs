@@ -54,6 +54,14 @@ impl OpenRequest {
     }
 }
 
+/// Where an inbound message came from: the channel and the sender's address on it, which
+/// is where its replies go.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    channel: ChannelName,
+    from: &'a str,
+}
+
 impl Engine {
     pub async fn receive(&self, message: InboundMessage) -> Result<(), EngineError> {
         let verified = self.verify_sender_pin_ahead(&message).await?;
@@ -67,7 +75,11 @@ impl Engine {
                 pin,
             } => {
                 let pin = PinAnswer { pin, verified };
-                self.answer_by_reply(&mut tx, channel, &from, code, pin, true, &mut replies)
+                let origin = Origin {
+                    channel,
+                    from: &from,
+                };
+                self.answer_by_reply(&mut tx, origin, code, pin, true, &mut replies)
                     .await?
             }
             InboundMessage::Decline {
@@ -76,7 +88,11 @@ impl Engine {
                 code,
             } => {
                 let pin = PinAnswer::default();
-                self.answer_by_reply(&mut tx, channel, &from, code, pin, false, &mut replies)
+                let origin = Origin {
+                    channel,
+                    from: &from,
+                };
+                self.answer_by_reply(&mut tx, origin, code, pin, false, &mut replies)
                     .await?
             }
             InboundMessage::Pay {
@@ -87,16 +103,12 @@ impl Engine {
                 pin,
             } => {
                 let pin = PinAnswer { pin, verified };
-                self.pay(
-                    &mut tx,
+                let origin = Origin {
                     channel,
-                    &from,
-                    &code,
-                    amount.as_deref(),
-                    pin,
-                    &mut replies,
-                )
-                .await?
+                    from: &from,
+                };
+                self.pay(&mut tx, origin, &code, amount.as_deref(), pin, &mut replies)
+                    .await?
             }
             InboundMessage::Balance { channel, from } => {
                 self.balance(&mut tx, channel, &from, &mut replies).await?
@@ -221,17 +233,16 @@ impl Engine {
     }
 
     /// `YES [code] [PIN]` and `NO [code]`: only the sender's own requests are answered.
-    #[allow(clippy::too_many_arguments)]
     async fn answer_by_reply(
         &self,
         conn: &mut AnyConnection,
-        channel: ChannelName,
-        from: &str,
+        origin: Origin<'_>,
         code: Option<String>,
         pin: PinAnswer,
         approve: bool,
         replies: &mut Effects,
     ) -> Result<(), EngineError> {
+        let Origin { channel, from } = origin;
         let PinAnswer { pin, verified } = pin;
         let Some(customer) = self.sender(conn, from).await? else {
             replies.reply(channel, from, Language::En, None, Reply::Help);
@@ -317,17 +328,16 @@ impl Engine {
     }
 
     /// `PAY <code> [amount] [PIN]`: binds a point-of-sale process to the sender and releases.
-    #[allow(clippy::too_many_arguments)]
     async fn pay(
         &self,
         conn: &mut AnyConnection,
-        channel: ChannelName,
-        from: &str,
+        origin: Origin<'_>,
         code: &str,
         amount: Option<&str>,
         pin: PinAnswer,
         replies: &mut Effects,
     ) -> Result<(), EngineError> {
+        let Origin { channel, from } = origin;
         let PinAnswer { pin, verified } = pin;
         let Some(customer) = self.sender(conn, from).await? else {
             replies.reply(channel, from, Language::En, None, Reply::Help);

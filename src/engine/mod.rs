@@ -15,6 +15,7 @@ mod retention;
 pub mod rows;
 mod step;
 pub mod texts;
+mod txn;
 pub mod views;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use sqlx::AnyConnection;
 use super::effects::Effects;
 use super::rows::{self, CustomerKey, CustomerRow, ProcessRow, RetailerRow};
 use super::texts::{Ended, Text, TextFacts};
+use super::txn::Txn;
 use super::views::ProcessView;
 use super::{random_secret, secret_hash, Engine, EngineError};
 use crate::domain::{
@@ -55,6 +56,24 @@ pub fn text_facts<'a>(retailer: &'a RetailerRow, process: &'a ProcessRow) -> Tex
         description: process.description.as_deref(),
         reference: process.reference.as_deref(),
     }
+}
+
+/// How a new step starts.
+#[derive(Clone, Copy)]
+pub(super) enum StepStart<'a> {
+    /// Waiting for a top-up (or for the process's first release).
+    Waiting,
+    Declined(&'a str),
+    /// Fits the remaining amount: `charge` follows in the same transaction.
+    Charged,
+}
+
+/// What a confirmation request asks of the customer: to release `amount`, first or as a
+/// top-up, for the step it waits on (if any).
+pub(super) struct Question<'a> {
+    pub kind: ConfirmationKind,
+    pub amount: Minor,
+    pub step_id: Option<&'a str>,
 }
 
 impl Engine {
@@ -113,8 +132,14 @@ impl Engine {
                 ))?;
         let first_step = match request.charge {
             Some(amount) => Some(
-                self.insert_step(conn, &mut process, amount, None, (None, None), now_ms)
-                    .await?,
+                self.insert_step(
+                    conn,
+                    &mut process,
+                    (amount, StepStart::Waiting),
+                    (None, None),
+                    now_ms,
+                )
+                .await?,
             ),
             None => None,
         };
@@ -142,14 +167,20 @@ impl Engine {
         );
         if let Some(customer) = &customer {
             let (token, url) = self.new_link();
-            self.ask_customer(
-                conn,
-                &process,
-                customer,
-                (ConfirmationKind::Initial, request.release),
-                first_step.as_ref().map(|step| step.id.as_str()),
+            let question = Question {
+                kind: ConfirmationKind::Initial,
+                amount: request.release,
+                step_id: first_step.as_ref().map(|step| step.id.as_str()),
+            };
+            let mut txn = Txn {
+                conn: &mut *conn,
                 now_ms,
-                &mut effects,
+                effects: &mut effects,
+            };
+            self.ask_customer(
+                &mut txn,
+                (&process, customer),
+                question,
                 (
                     &token,
                     &url,
@@ -183,21 +214,21 @@ impl Engine {
         Err(EngineError::CodeSpaceExhausted)
     }
 
-    /// Inserts the next step of a locked process: awaiting confirmation (or a charge, which
-    /// follows at once), or declined for `decline_reason`.
+    /// Inserts the next step of a locked process as `start` says. A waiting or declined step
+    /// counts itself in the process row; a charged one leaves that to `charge`, whose one
+    /// UPDATE of the process sets the count with the amounts.
     pub(super) async fn insert_step(
         &self,
         conn: &mut AnyConnection,
         process: &mut ProcessRow,
-        amount: Minor,
-        decline_reason: Option<&str>,
+        (amount, start): (Minor, StepStart<'_>),
         (description, reference): (Option<&str>, Option<&str>),
         now_ms: i64,
     ) -> Result<rows::StepRow, EngineError> {
-        let status = if decline_reason.is_some() {
-            "declined"
-        } else {
-            "awaiting_confirmation"
+        let (status, decline_reason, remaining_after) = match start {
+            StepStart::Waiting => ("awaiting_confirmation", None, process.remaining),
+            StepStart::Declined(reason) => ("declined", Some(reason), process.remaining),
+            StepStart::Charged => ("charged", None, process.remaining - amount),
         };
         let step_id = uuid::Uuid::new_v4().to_string();
         let number = process.step_count + 1;
@@ -211,20 +242,22 @@ impl Engine {
         .bind(number)
         .bind(amount)
         .bind(status)
-        .bind(process.remaining)
+        .bind(remaining_after)
         .bind(description)
         .bind(reference)
         .bind(decline_reason)
         .bind(now_ms)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(
-            "UPDATE processes SET step_count = step_count + 1, updated_at_ms = $1 WHERE id = $2",
-        )
-        .bind(now_ms)
-        .bind(&process.id)
-        .execute(&mut *conn)
-        .await?;
+        if !matches!(start, StepStart::Charged) {
+            sqlx::query(
+                "UPDATE processes SET step_count = step_count + 1, updated_at_ms = $1 WHERE id = $2",
+            )
+            .bind(now_ms)
+            .bind(&process.id)
+            .execute(&mut *conn)
+            .await?;
+        }
         process.step_count = number;
         process.updated_at_ms = now_ms;
         // The row as written: reading it back would be one more statement on every step.
@@ -234,7 +267,7 @@ impl Engine {
             number,
             amount,
             status: status.to_string(),
-            remaining_after: Some(process.remaining),
+            remaining_after: Some(remaining_after),
             description: description.map(str::to_string),
             reference: reference.map(str::to_string),
             decline_reason: decline_reason.map(str::to_string),
@@ -251,22 +284,29 @@ impl Engine {
     }
 
     /// Creates a confirmation request and queues its message with the link to its page.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ask_customer(
         &self,
-        conn: &mut AnyConnection,
-        process: &ProcessRow,
-        customer: &CustomerRow,
-        (kind, amount): (ConfirmationKind, Minor),
-        step_id: Option<&str>,
-        now_ms: i64,
-        effects: &mut Effects,
+        txn: &mut Txn<'_>,
+        (process, customer): (&ProcessRow, &CustomerRow),
+        question: Question<'_>,
         (token, url, text): (&str, &str, Text<'_>),
         facts: &TextFacts<'_>,
     ) -> Result<(), EngineError> {
-        self.insert_confirmation(conn, &process.id, (kind, amount), step_id, token, now_ms)
-            .await?;
-        effects.message_customer(
+        let Question {
+            kind,
+            amount,
+            step_id,
+        } = question;
+        self.insert_confirmation(
+            txn.conn,
+            &process.id,
+            (kind, amount),
+            step_id,
+            token,
+            txn.now_ms,
+        )
+        .await?;
+        txn.effects.message_customer(
             customer,
             process.requested_channel(),
             MessageKind::ConfirmationRequest,
@@ -353,10 +393,18 @@ impl Engine {
                 Ended::Closed => super::confirm::Resolution::Declined("process_closed"),
                 Ended::Expired => super::confirm::Resolution::Expired,
             };
-            self.resolve_unapproved(
-                conn, process, retailer, &pending, resolution, now_ms, effects, false,
-            )
-            .await?;
+            let mut txn = Txn {
+                conn: &mut *conn,
+                now_ms,
+                effects: &mut *effects,
+            };
+            let settles = super::confirm::Settles {
+                confirmation: &pending,
+                resolution,
+                ends_process: false,
+            };
+            self.resolve_unapproved(&mut txn, process, retailer, settles)
+                .await?;
         }
         let returned = process.remaining;
         if returned > 0 {

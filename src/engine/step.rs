@@ -5,9 +5,10 @@ use rust_decimal::Decimal;
 use sqlx::AnyConnection;
 
 use super::effects::Effects;
-use super::process::text_facts;
+use super::process::{text_facts, Question, StepStart};
 use super::rows::{self, CustomerRow, ProcessRow, RetailerRow, StepRow};
 use super::texts::Text;
+use super::txn::Txn;
 use super::views::StepView;
 use super::{Engine, EngineError};
 use crate::domain::{ConfirmationKind, Minor, ProcessStatus, TopUpPolicyKind};
@@ -64,27 +65,28 @@ impl Engine {
             return Err(EngineError::TopUpPending);
         }
         let declined = !fits && process.top_up_policy() == TopUpPolicyKind::None;
+        let start = match (fits, declined) {
+            (true, _) => StepStart::Charged,
+            (false, true) => StepStart::Declined("insufficient_release"),
+            (false, false) => StepStart::Waiting,
+        };
         let step = self
             .insert_step(
                 conn,
                 &mut process,
-                request.amount,
-                declined.then_some("insufficient_release"),
+                (request.amount, start),
                 (description, reference),
                 now_ms,
             )
             .await?;
         let outcome = if fits {
+            let mut txn = Txn {
+                conn: &mut *conn,
+                now_ms,
+                effects: &mut effects,
+            };
             let step = self
-                .charge(
-                    conn,
-                    &mut process,
-                    retailer,
-                    &customer,
-                    &step,
-                    now_ms,
-                    &mut effects,
-                )
+                .charge(&mut txn, &mut process, (retailer, &customer), &step)
                 .await?;
             StepOutcome::Charged(StepView::from_row(&step, &process))
         } else if declined {
@@ -107,14 +109,20 @@ impl Engine {
                 remaining: &remaining,
                 url: &url,
             };
-            self.ask_customer(
-                conn,
-                &process,
-                &customer,
-                (ConfirmationKind::TopUp, top_up),
-                Some(&step.id),
+            let question = Question {
+                kind: ConfirmationKind::TopUp,
+                amount: top_up,
+                step_id: Some(&step.id),
+            };
+            let mut txn = Txn {
+                conn: &mut *conn,
                 now_ms,
-                &mut effects,
+                effects: &mut effects,
+            };
+            self.ask_customer(
+                &mut txn,
+                (&process, &customer),
+                question,
                 (&token, &url, text),
                 &facts,
             )
@@ -158,20 +166,17 @@ impl Engine {
     /// Charges an inserted step of a locked process that fits its remaining amount: hold to
     /// retailer in the ledger, the process's remaining amount down, an execution message to
     /// the retailer (claims 1, 4) and a receipt to the customer (claim 15).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn charge(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         process: &mut ProcessRow,
-        retailer: &RetailerRow,
-        customer: &CustomerRow,
+        (retailer, customer): (&RetailerRow, &CustomerRow),
         step: &StepRow,
-        now_ms: i64,
-        effects: &mut Effects,
     ) -> Result<StepRow, EngineError> {
+        let now_ms = txn.now_ms;
         self.ledger
             .post(
-                conn,
+                txn.conn,
                 Transfer {
                     kind: TransferKind::Step,
                     currency: process.currency(),
@@ -188,15 +193,18 @@ impl Engine {
         // The guard repeats the ledger's: the remaining amount is never negative, and the
         // database's CHECK says so a third time. A charge is activity, so the same statement
         // moves the inactivity expiry (what `touch` does).
+        // The count is set, not added to: a step inserted as charged left it to this UPDATE,
+        // and the process row is locked, so the count in hand is the count.
         let updated = sqlx::query(
             "UPDATE processes SET charged = charged + $1, remaining = remaining - $1, updated_at_ms = $2, \
-             expires_at_ms = $3, pre_expiry_notified = 0 WHERE id = $4 AND remaining >= $1",
+             expires_at_ms = $3, pre_expiry_notified = 0, step_count = $4 WHERE id = $5 AND remaining >= $1",
         )
         .bind(step.amount)
         .bind(now_ms)
         .bind(now_ms + process.inactivity_s * 1000)
+        .bind(process.step_count)
         .bind(&process.id)
-        .execute(&mut *conn)
+        .execute(&mut *txn.conn)
         .await?;
         if updated.rows_affected() != 1 {
             return Err(EngineError::Invariant(
@@ -205,21 +213,25 @@ impl Engine {
         }
         process.charged += step.amount;
         process.remaining -= step.amount;
-        sqlx::query(
-            "UPDATE steps SET status = 'charged', remaining_after = $1, updated_at_ms = $2 \
-             WHERE id = $3 AND status = 'awaiting_confirmation'",
-        )
-        .bind(process.remaining)
-        .bind(now_ms)
-        .bind(&step.id)
-        .execute(&mut *conn)
-        .await?;
+        // A step inserted as charged is written already; one that waited is charged now.
+        if step.status != "charged" {
+            sqlx::query(
+                "UPDATE steps SET status = 'charged', remaining_after = $1, updated_at_ms = $2 \
+                 WHERE id = $3 AND status = 'awaiting_confirmation'",
+            )
+            .bind(process.remaining)
+            .bind(now_ms)
+            .bind(&step.id)
+            .execute(&mut *txn.conn)
+            .await?;
+        }
         let step = StepRow {
             status: "charged".to_string(),
             remaining_after: Some(process.remaining),
             updated_at_ms: now_ms,
             ..step.clone()
         };
+        let effects = &mut *txn.effects;
         effects.event(
             retailer,
             &process.id,
