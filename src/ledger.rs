@@ -93,7 +93,7 @@ struct AccountCache {
 type AccountKey = (AccountKind, String, &'static str);
 
 /// Past this many ids the cache starts again: one hold per process would grow it forever.
-const ACCOUNT_CACHE_ENTRIES_MAX: usize = 200_000;
+const ACCOUNT_CACHE_ENTRIES_MAX: usize = 65_536;
 
 impl AccountCache {
     fn get(&self, key: &AccountKey) -> Option<String> {

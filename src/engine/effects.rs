@@ -284,6 +284,8 @@ impl Effects {
         channels: &ChannelAvailability,
         now_ms: i64,
     ) -> Result<(), EngineError> {
+        // Written together at the end, a few rows per statement.
+        let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
         for event in &self.events {
             // Taking the next number locks the retailer row until commit, so a retailer's
             // events are numbered without gaps in commit order: a feed reader that saw
@@ -320,29 +322,24 @@ impl Effects {
                     now_ms,
                     &event.data,
                 );
-                insert_outbox(
-                    conn,
-                    OutboxRow {
-                        route: Route {
-                            channel: ChannelName::Webhook,
-                            intended: ChannelName::Webhook,
-                            to: url.to_string(),
-                        },
-                        kind: MessageKind::Event,
-                        recipient: "retailer",
-                        retailer_id: Some(&event.retailer.id),
-                        process_id: event.process_id.as_deref(),
-                        code: None,
-                        context: (None, None),
-                        language: Language::En,
-                        text: event.kind,
-                        url: None,
-                        payload: Some(payload.to_string()),
-                        event_id: Some(&event_id),
+                outbox.push(OutboxRow {
+                    route: Route {
+                        channel: ChannelName::Webhook,
+                        intended: ChannelName::Webhook,
+                        to: url.to_string(),
                     },
-                    now_ms,
-                )
-                .await?;
+                    kind: MessageKind::Event,
+                    recipient: "retailer",
+                    retailer_id: Some(&event.retailer.id),
+                    process_id: event.process_id.as_deref(),
+                    code: None,
+                    context: (None, None),
+                    language: Language::En,
+                    text: event.kind,
+                    url: None,
+                    payload: Some(payload.to_string()),
+                    event_id: Some(event_id.clone()),
+                });
             }
         }
         for message in &self.messages {
@@ -376,26 +373,24 @@ impl Effects {
                     (Some(sms_text), ChannelName::Sms) => sms_text,
                     _ => &message.text,
                 };
-                insert_outbox(
-                    conn,
-                    OutboxRow {
-                        route,
-                        kind: message.kind,
-                        recipient,
-                        retailer_id: message.retailer_id.as_deref(),
-                        process_id: message.process_id.as_deref(),
-                        code: message.code.as_deref(),
-                        context: (message.description.as_deref(), message.reference.as_deref()),
-                        language: message.language,
-                        text,
-                        url: message.url.as_deref(),
-                        payload: None,
-                        event_id: None,
-                    },
-                    now_ms,
-                )
-                .await?;
+                outbox.push(OutboxRow {
+                    route,
+                    kind: message.kind,
+                    recipient,
+                    retailer_id: message.retailer_id.as_deref(),
+                    process_id: message.process_id.as_deref(),
+                    code: message.code.as_deref(),
+                    context: (message.description.as_deref(), message.reference.as_deref()),
+                    language: message.language,
+                    text,
+                    url: message.url.as_deref(),
+                    payload: None,
+                    event_id: None,
+                });
             }
+        }
+        for rows in outbox.chunks(OUTBOX_ROWS_PER_INSERT) {
+            insert_outbox(conn, rows, now_ms).await?;
         }
         Ok(())
     }
@@ -433,39 +428,57 @@ struct OutboxRow<'a> {
     text: &'a str,
     url: Option<&'a str>,
     payload: Option<String>,
-    event_id: Option<&'a str>,
+    event_id: Option<String>,
 }
+
+/// Outbox rows per INSERT: 16 values each stays far below either database's limit on
+/// bound parameters.
+const OUTBOX_ROWS_PER_INSERT: usize = 32;
 
 async fn insert_outbox(
     conn: &mut AnyConnection,
-    row: OutboxRow<'_>,
+    rows: &[OutboxRow<'_>],
     now_ms: i64,
 ) -> Result<(), EngineError> {
-    sqlx::query(
+    const COLUMNS: usize = 16;
+    let values: Vec<String> = (0..rows.len())
+        .map(|row| {
+            let first = row * COLUMNS + 1;
+            let placeholders: Vec<String> =
+                (first..first + COLUMNS).map(|n| format!("${n}")).collect();
+            let now = rows.len() * COLUMNS + 1;
+            format!(
+                "({}, 'queued', 0, ${now}, ${now}, ${now})",
+                placeholders.join(", ")
+            )
+        })
+        .collect();
+    let statement = format!(
         "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, retailer_id, \
          process_id, code, language, text, url, payload, event_id, description, reference, \
-         status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         'queued', 0, $17, $17, $17)",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(row.route.channel.as_str())
-    .bind(row.route.intended.as_str())
-    .bind(row.kind.as_str())
-    .bind(row.recipient)
-    .bind(&row.route.to)
-    .bind(row.retailer_id)
-    .bind(row.process_id)
-    .bind(row.code)
-    .bind(row.language.as_str())
-    .bind(row.text)
-    .bind(row.url)
-    .bind(row.payload)
-    .bind(row.event_id)
-    .bind(row.context.0)
-    .bind(row.context.1)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
+         status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&statement);
+    for row in rows {
+        query = query
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(row.route.channel.as_str())
+            .bind(row.route.intended.as_str())
+            .bind(row.kind.as_str())
+            .bind(row.recipient)
+            .bind(row.route.to.clone())
+            .bind(row.retailer_id)
+            .bind(row.process_id)
+            .bind(row.code)
+            .bind(row.language.as_str())
+            .bind(row.text)
+            .bind(row.url)
+            .bind(row.payload.clone())
+            .bind(row.event_id.clone())
+            .bind(row.context.0)
+            .bind(row.context.1);
+    }
+    query.bind(now_ms).execute(&mut *conn).await?;
     Ok(())
 }

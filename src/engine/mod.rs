@@ -60,6 +60,11 @@ pub enum EngineError {
     Conflict(String),
     #[error("{0}")]
     Invalid(FieldError),
+    #[error("{field}: {error}")]
+    InvalidAmount {
+        field: &'static str,
+        error: crate::domain::MoneyError,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal invariant broken: {0}")]

@@ -108,7 +108,7 @@ impl CustomerRow {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub struct ProcessRow {
     pub id: String,
     pub code: String,
@@ -135,6 +135,32 @@ pub struct ProcessRow {
     pub pre_expiry_notified: i64,
     pub customer_msisdn: Option<String>,
     pub customer_email: Option<String>,
+    /// The rest of the customer's row, read in the same statement (see `joined_customer`).
+    pub customer_name: Option<String>,
+    pub customer_language: Option<String>,
+    pub customer_preferred_channel: Option<String>,
+    pub customer_pin_hash: Option<String>,
+    pub customer_pin_failures: Option<i64>,
+    pub customer_pin_locked_until_ms: Option<i64>,
+}
+
+// The joined customer carries a PIN's hash: never print it (nor the customer's addresses).
+impl std::fmt::Debug for ProcessRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessRow")
+            .field("id", &self.id)
+            .field("code", &self.code)
+            .field("retailer_id", &self.retailer_id)
+            .field("customer_id", &self.customer_id)
+            .field("status", &self.status)
+            .field("currency", &self.currency)
+            .field("released", &self.released)
+            .field("charged", &self.charged)
+            .field("remaining", &self.remaining)
+            .field("returned", &self.returned)
+            .field("step_count", &self.step_count)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProcessRow {
@@ -152,6 +178,23 @@ impl ProcessRow {
 
     pub fn pre_expiry_notified(&self) -> bool {
         self.pre_expiry_notified != 0
+    }
+
+    /// The customer's row as it was read with the process, when the process has one: a
+    /// step's messages need it, and reading it with the process saves a statement. Stale
+    /// once the transaction changes the customer or binds the process (then load it).
+    pub fn joined_customer(&self) -> Option<CustomerRow> {
+        Some(CustomerRow {
+            id: self.customer_id.clone()?,
+            msisdn: self.customer_msisdn.clone(),
+            email: self.customer_email.clone(),
+            name: self.customer_name.clone()?,
+            language: self.customer_language.clone()?,
+            preferred_channel: self.customer_preferred_channel.clone()?,
+            pin_hash: self.customer_pin_hash.clone(),
+            pin_failures: self.customer_pin_failures?,
+            pin_locked_until_ms: self.customer_pin_locked_until_ms,
+        })
     }
 
     pub fn requested_channel(&self) -> Option<ChannelName> {
@@ -219,7 +262,10 @@ const PROCESS_SELECT: &str =
      p.release_requested, p.released, p.charged, p.remaining, p.returned, p.description, \
      p.reference, p.channel, p.top_up_policy, p.top_up_factor, p.inactivity_s, p.step_count, \
      p.decline_reason, p.created_at_ms, p.updated_at_ms, p.expires_at_ms, p.pre_expiry_notified, \
-     c.msisdn AS customer_msisdn, c.email AS customer_email \
+     c.msisdn AS customer_msisdn, c.email AS customer_email, c.name AS customer_name, \
+     c.language AS customer_language, c.preferred_channel AS customer_preferred_channel, \
+     c.pin_hash AS customer_pin_hash, c.pin_failures AS customer_pin_failures, \
+     c.pin_locked_until_ms AS customer_pin_locked_until_ms \
      FROM processes p LEFT JOIN customers c ON c.id = p.customer_id";
 
 const STEP_COLUMNS: &str = "id, process_id, number, amount, status, remaining_after, description, \

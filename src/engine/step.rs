@@ -16,7 +16,9 @@ use crate::ledger::{AccountKind, Transfer, TransferKind};
 
 #[derive(Debug, Clone)]
 pub struct NewStep {
-    pub amount: Minor,
+    /// As the retailer wrote it: it is parsed in the process's currency, which the
+    /// operation reads anyway (one query fewer than looking the currency up first).
+    pub amount: String,
     pub description: Option<String>,
     pub reference: Option<String>,
 }
@@ -43,6 +45,13 @@ impl Engine {
             .await?
             .filter(|process| process.retailer_id == retailer.id)
             .ok_or(EngineError::NotFound("process"))?;
+        let amount = process
+            .currency()
+            .parse_amount(&request.amount, self.settings.limits.max_amount)
+            .map_err(|error| EngineError::InvalidAmount {
+                field: "amount",
+                error,
+            })?;
         if process.status() != ProcessStatus::Active {
             return Err(EngineError::ProcessNotActive {
                 status: process.status.clone(),
@@ -52,11 +61,15 @@ impl Engine {
         if process.step_count >= steps_max {
             return Err(EngineError::StepLimitReached(steps_max));
         }
-        let customer = self.process_customer(conn, &process).await?;
+        // Read with the process: nothing in a step changes the customer before its messages.
+        let customer = match process.joined_customer() {
+            Some(customer) => customer,
+            None => self.process_customer(conn, &process).await?,
+        };
         let mut effects = Effects::default();
         let description = request.description.as_deref();
         let reference = request.reference.as_deref();
-        let fits = request.amount <= process.remaining;
+        let fits = amount <= process.remaining;
         if !fits
             && rows::pending_confirmation(conn, &process.id)
                 .await?
@@ -74,7 +87,7 @@ impl Engine {
             .insert_step(
                 conn,
                 &mut process,
-                (request.amount, start),
+                (amount, start),
                 (description, reference),
                 now_ms,
             )
@@ -94,11 +107,11 @@ impl Engine {
             effects.event(retailer, &process.id, "step.declined", &view);
             StepOutcome::Declined(view)
         } else {
-            let top_up = self.top_up_amount(&process, request.amount);
+            let top_up = self.top_up_amount(&process, amount);
             let currency = process.currency();
             let (amount, step_amount, remaining) = (
                 currency.format(top_up),
-                currency.format(request.amount),
+                currency.format(amount),
                 currency.format(process.remaining),
             );
             let facts = text_facts(retailer, &process);

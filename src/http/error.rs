@@ -192,6 +192,7 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Conflict(message) => ApiError::new(S::CONFLICT, "conflict", message),
             EngineError::Invalid(field_error) => field_error.into(),
+            EngineError::InvalidAmount { field, error } => money_error(field, error),
             EngineError::Database(ref cause) => {
                 // Two daemons racing for the same new process code lose at the unique index;
                 // the client may simply try again.

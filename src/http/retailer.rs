@@ -249,19 +249,10 @@ pub async fn create_step(
     let key = idempotency::key_from_headers(&headers)?;
     let request: CreateStepBody = parse_json(&body)?;
     let engine = state.engine.clone();
-    let currency = {
-        let mut conn = engine.store.reader().acquire().await?;
-        let process = rows::load_process(&mut conn, &process_id)
-            .await?
-            .filter(|process| process.retailer_id == retailer.id)
-            .ok_or_else(|| ApiError::not_found("process"))?;
-        process.currency()
-    };
-    let amount = currency
-        .parse_amount(&request.amount, engine.settings.limits.max_amount)
-        .map_err(|error| money_error("amount", error))?;
+    // The amount is parsed in the process's currency inside the operation, which loads the
+    // process anyway: an unknown process is 404, a bad amount 422, and nothing is written.
     let step = NewStep {
-        amount,
+        amount: request.amount,
         description: free_text(
             "description",
             request.description.as_deref(),
