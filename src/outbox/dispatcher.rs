@@ -107,6 +107,7 @@ impl Dispatcher {
         let (outcomes, receiver) = mpsc::channel(sends_max.max(1) * 2);
         let recorder = tokio::spawn(dispatcher.clone().record(receiver, recorded.clone()));
         let committed = dispatcher.store.committed();
+        let listener = dispatcher.store.listen_for_other_daemons();
         let poll_interval = Duration::from_millis(dispatcher.settings.poll_interval_ms);
         let mut sends = JoinSet::new();
         while !*shutdown.borrow() {
@@ -149,6 +150,9 @@ impl Dispatcher {
                 _ = recorded.notified() => {}
                 _ = shutdown.changed() => {}
             }
+        }
+        if let Some(listener) = listener {
+            listener.abort();
         }
         while sends.join_next().await.is_some() {}
         drop(outcomes);

@@ -70,6 +70,8 @@ pub struct Store {
     /// Told after every commit of `write`, so the outbox dispatcher wakes when there may be
     /// something new to deliver instead of waiting for its next poll.
     committed: Arc<Notify>,
+    /// PostgreSQL: where `listen_for_other_daemons` connects.
+    postgres_url: Option<String>,
 }
 
 impl Store {
@@ -124,6 +126,7 @@ impl Store {
                     group_commit: Some(group_commit),
                     write_counters,
                     committed,
+                    postgres_url: None,
                 })
             }
             Backend::Postgres => {
@@ -139,6 +142,7 @@ impl Store {
                     group_commit: None,
                     write_counters: Arc::new(WriteCounters::default()),
                     committed: Arc::new(Notify::new()),
+                    postgres_url: Some(settings.url.clone()),
                 })
             }
         }
@@ -217,6 +221,27 @@ impl Store {
         self.committed.clone()
     }
 
+    /// On PostgreSQL, also tells `committed` when any daemon sharing the database queued
+    /// messages (the outbox's trigger NOTIFYs `paystep_outbox`), until the returned task is
+    /// aborted or the store dropped; it reconnects by itself. On SQLite there is no other
+    /// daemon, and no task.
+    pub fn listen_for_other_daemons(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let url = self.postgres_url.clone()?;
+        let committed = Arc::downgrade(&self.committed);
+        Some(tokio::spawn(async move {
+            let retry = Duration::from_millis(LISTEN_RETRY_MS);
+            loop {
+                match listen(&url, &committed).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "Cannot LISTEN for queued messages; polling meanwhile");
+                        tokio::time::sleep(retry).await;
+                    }
+                }
+            }
+        }))
+    }
+
     /// How many write batches and operations this store has committed since it opened.
     pub fn write_stats(&self) -> WriteStats {
         self.write_counters.snapshot()
@@ -240,6 +265,22 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+    }
+}
+
+/// How long to wait before listening again after the connection failed.
+const LISTEN_RETRY_MS: u64 = 1000;
+
+/// Wakes `committed` for every notification, until the store is gone.
+async fn listen(url: &str, committed: &std::sync::Weak<Notify>) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen("paystep_outbox").await?;
+    loop {
+        listener.recv().await?;
+        match committed.upgrade() {
+            Some(committed) => committed.notify_one(),
+            None => return Ok(()),
+        }
     }
 }
 

@@ -266,3 +266,60 @@ async fn two_daemons_on_one_postgres_deliver_each_event_under_one_id() {
     first.sigkill().await;
     second.sigkill().await;
 }
+
+/// A daemon that only takes requests (`outbox.deliver = false`) and one that only delivers,
+/// polling once an hour: the second delivers what the first queued at once, because the
+/// outbox's trigger NOTIFYs every dispatcher that LISTENs on the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_queued_by_one_daemon_wakes_another_daemons_dispatcher_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = fresh_database_url(Db::Postgres, dir.path()).await;
+    let delivering_console = dir.path().join("delivering.jsonl");
+    let delivering = start_daemon_on(
+        &database_url,
+        &delivering_console,
+        free_port(),
+        &[("PAYSTEP__OUTBOX__POLL_INTERVAL_MS", "3600000")],
+    )
+    .await;
+    let taking = start_daemon_on(
+        &database_url,
+        &dir.path().join("taking.jsonl"),
+        free_port(),
+        &[("PAYSTEP__OUTBOX__DELIVER", "false")],
+    )
+    .await;
+    let retailer = taking.create_retailer(None).await;
+    taking
+        .create_customer(json!({"name": "Ben", "msisdn": "+491791000077"}), "10.00")
+        .await;
+    let body =
+        json!({"customer": {"msisdn": "+491791000077"}, "currency": "EUR", "release": "5.00"});
+    let (status, process) = taking
+        .call(Method::POST, "/v1/processes", &retailer.api_key, Some(body))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{process}");
+    let process_id = process["id"].as_str().unwrap();
+
+    // Far less than the hour the delivering daemon would otherwise sleep between polls.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let delivered = crate::daemon::console_lines(&delivering_console)
+            .into_iter()
+            .any(|line| line["kind"] == "confirmation_request" && line["process_id"] == process_id);
+        if delivered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the delivering daemon was not woken by the other daemon's commit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        crate::daemon::console_lines(&dir.path().join("taking.jsonl")).is_empty(),
+        "the daemon with outbox.deliver = false delivered"
+    );
+    taking.sigkill().await;
+    delivering.sigkill().await;
+}
