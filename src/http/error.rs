@@ -301,3 +301,21 @@ fn json_error(error: serde_json::Error) -> ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod store_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_write_queue_is_a_503_with_retry_after_that_says_nothing_changed() {
+        let response = ApiError::from(StoreError::Busy).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let failed = ApiError::from(StoreError::CommitFailed("disk I/O error".into()));
+        assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(failed.body()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("nothing was changed"));
+    }
+}

@@ -254,3 +254,173 @@ async fn commit_batch(
     }
     transaction.commit().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::any::AnyPoolOptions;
+
+    /// A one-connection in-memory database with a table of numbers, and the writer task.
+    async fn writer(limits: BatchLimits) -> (GroupCommit, Arc<WriteCounters>, AnyPool) {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE numbers (n BIGINT PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let counters = Arc::new(WriteCounters::default());
+        let group_commit = GroupCommit::start(
+            pool.clone(),
+            limits,
+            counters.clone(),
+            Arc::new(Notify::new()),
+        );
+        (group_commit, counters, pool)
+    }
+
+    fn limits(queue_max: usize) -> BatchLimits {
+        BatchLimits {
+            operations_max: 512,
+            wait_ms: 0,
+            queue_max,
+        }
+    }
+
+    async fn insert(group_commit: &GroupCommit, n: i64) -> Result<i64, StoreError> {
+        group_commit
+            .write(
+                move |conn| -> WriteFuture<'_, Result<i64, StoreError>> {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO numbers (n) VALUES ($1)")
+                            .bind(n)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(n)
+                    })
+                },
+                true,
+            )
+            .await
+    }
+
+    async fn numbers(pool: &AnyPool) -> Vec<i64> {
+        sqlx::query_scalar("SELECT n FROM numbers ORDER BY n")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_operation_changes_nothing_and_its_batch_mates_commit() {
+        let (group_commit, counters, pool) = writer(limits(64)).await;
+        // The writer is held while the four queue, so that they make one batch.
+        let (release, held) = hold_the_writer(&group_commit).await;
+        // 1 twice: the second violates the primary key and must fail alone.
+        let inserts: Vec<_> = [1, 2, 1, 3]
+            .into_iter()
+            .map(|n| {
+                let group_commit = group_commit.clone();
+                tokio::spawn(async move { insert(&group_commit, n).await })
+            })
+            .collect();
+        wait_until_queued(&group_commit, 4).await;
+        let before = counters.snapshot();
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        let mut answers = Vec::new();
+        for insert in inserts {
+            answers.push(insert.await.unwrap());
+        }
+        let failed = answers.iter().filter(|answer| answer.is_err()).count();
+        assert_eq!(failed, 1, "{answers:?}");
+        assert_eq!(numbers(&pool).await, vec![1, 2, 3]);
+        let after = counters.snapshot();
+        assert_eq!(after.operations - before.operations, 4);
+        assert_eq!(
+            after.batches - before.batches,
+            1,
+            "the four shared one batch"
+        );
+    }
+
+    /// Queues an operation that holds the writer until the returned sender is used.
+    async fn hold_the_writer(
+        group_commit: &GroupCommit,
+    ) -> (
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+    ) {
+        let (release, released) = oneshot::channel::<()>();
+        let (started, has_started) = oneshot::channel::<()>();
+        let group_commit = group_commit.clone();
+        let held = tokio::spawn(async move {
+            group_commit
+                .write(
+                    move |_conn| -> WriteFuture<'_, Result<(), StoreError>> {
+                        Box::pin(async move {
+                            let _ = started.send(());
+                            let _ = released.await;
+                            Ok(())
+                        })
+                    },
+                    true,
+                )
+                .await
+        });
+        has_started.await.unwrap();
+        (release, held)
+    }
+
+    /// Waits until `count` writes wait in the queue.
+    async fn wait_until_queued(group_commit: &GroupCommit, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while group_commit.queue.max_capacity() - group_commit.queue.capacity() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writes never queued"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_and_the_refused_write_never_happens() {
+        let (group_commit, _counters, pool) = writer(limits(1)).await;
+        let (release, held) = hold_the_writer(&group_commit).await;
+        let queued = {
+            let group_commit = group_commit.clone();
+            tokio::spawn(async move { insert(&group_commit, 11).await })
+        };
+        // The queue holds one: with that one in it, the next write is refused at once.
+        wait_until_queued(&group_commit, 1).await;
+        let refused = insert(&group_commit, 12).await;
+        assert!(matches!(refused, Err(StoreError::Busy)), "{refused:?}");
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 11);
+        assert_eq!(numbers(&pool).await, vec![11]);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_its_batch_and_the_writer_goes_on() {
+        let (group_commit, _counters, pool) = writer(limits(64)).await;
+        let panicked = group_commit
+            .write(
+                |_conn| -> WriteFuture<'_, Result<(), StoreError>> {
+                    Box::pin(async { panic!("an operation's bug") })
+                },
+                true,
+            )
+            .await;
+        assert!(
+            matches!(panicked, Err(StoreError::WriterStopped)),
+            "{panicked:?}"
+        );
+        assert_eq!(insert(&group_commit, 7).await.unwrap(), 7);
+        assert_eq!(numbers(&pool).await, vec![7]);
+    }
+}
