@@ -198,12 +198,12 @@ const CHECK_BIND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 struct RefuseInbound;
 
 #[async_trait::async_trait]
-impl paystep_channels::InboundSink for RefuseInbound {
+impl paystep_channel_core::InboundSink for RefuseInbound {
     async fn receive(
         &self,
-        _message: paystep_channels::InboundMessage,
-    ) -> Result<(), paystep_channels::InboundError> {
-        Err(paystep_channels::InboundError(
+        _message: paystep_channel_core::InboundMessage,
+    ) -> Result<(), paystep_channel_core::InboundError> {
+        Err(paystep_channel_core::InboundError(
             "check-config takes no messages".into(),
         ))
     }

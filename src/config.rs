@@ -8,6 +8,13 @@ use std::path::Path;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use paystep_channels::console::ConsoleSettings;
+use paystep_channels::email::EmailSettings;
+use paystep_channels::sms::SmsSettings;
+use paystep_channels::wap_push::WapPushSettings;
+use paystep_channels::webhook::WebhookSettings;
+use paystep_channels::Problems;
+
 use crate::domain::TopUpPolicyKind;
 
 /// The built-in defaults, so the binary runs from any directory.
@@ -191,6 +198,7 @@ pub struct OutboxSettings {
     pub deliver: bool,
 }
 
+/// `[channels.*]`: each adapter owns its settings' shape, defaults and checks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSettings {
@@ -202,160 +210,48 @@ pub struct ChannelSettings {
     /// Email through an SMTP relay; absent means no email channel.
     #[serde(default)]
     pub email: Option<EmailSettings>,
+    /// Service Indications through a Push Proxy Gateway; absent means no WAP push channel.
+    #[serde(default)]
+    pub wap_push: Option<WapPushSettings>,
 }
 
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EmailSettings {
-    pub host: String,
-    pub port: u16,
-    /// "none", "starttls" or "tls".
-    #[serde(default = "default_email_tls")]
-    pub tls: String,
-    /// An extra trust anchor (PEM file) for a relay with a private CA.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// `Name <address>`.
-    pub from: String,
-    #[serde(default)]
-    pub reply_to: Option<String>,
-    #[serde(default = "default_email_pool_size")]
-    pub pool_size: u32,
-    #[serde(default = "default_email_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-// The password is a secret: never print it.
-impl std::fmt::Debug for EmailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("from", &self.from)
-            .finish_non_exhaustive()
+impl ChannelSettings {
+    /// Every adapter's problems, under its key.
+    fn validate(&self, problems: &mut Problems) {
+        problems.under("channels.console", |problems| {
+            self.console.validate(problems)
+        });
+        problems.under("channels.webhook", |problems| {
+            self.webhook.validate(problems)
+        });
+        if let Some(sms) = &self.sms {
+            problems.under("channels.sms", |problems| sms.validate(problems));
+        }
+        if let Some(email) = &self.email {
+            problems.under("channels.email", |problems| email.validate(problems));
+        }
+        if let Some(wap_push) = &self.wap_push {
+            problems.under("channels.wap_push", |problems| wap_push.validate(problems));
+        }
     }
-}
 
-fn default_email_tls() -> String {
-    "starttls".to_string()
-}
-fn default_email_pool_size() -> u32 {
-    4
-}
-fn default_email_timeout_ms() -> u64 {
-    10_000
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmsSettings {
-    /// The short code or number customers reply to.
-    pub source_addr: String,
-    /// 0 unknown, 1 international, 3 network specific (short codes), 5 alphanumeric.
-    #[serde(default = "default_source_addr_ton")]
-    pub source_addr_ton: u8,
-    #[serde(default)]
-    pub source_addr_npi: u8,
-    #[serde(default = "default_true")]
-    pub registered_delivery: bool,
-    /// One table per SMSC link.
-    pub smsc: Vec<SmscSettings>,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SmscSettings {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    #[serde(default)]
-    pub tls: bool,
-    /// An extra trust anchor (PEM file) for an SMSC with a private CA.
-    #[serde(default)]
-    pub ca_file: Option<std::path::PathBuf>,
-    pub system_id: String,
-    pub password: String,
-    #[serde(default)]
-    pub system_type: String,
-    #[serde(default = "default_bind")]
-    pub bind: String,
-    #[serde(default = "default_window")]
-    pub window: usize,
-    #[serde(default = "default_throughput_per_s")]
-    pub throughput_per_s: u32,
-    #[serde(default = "default_enquire_link_interval_ms")]
-    pub enquire_link_interval_ms: u64,
-    #[serde(default = "default_response_timeout_ms")]
-    pub response_timeout_ms: u64,
-    #[serde(default = "default_reconnect_backoff_min_ms")]
-    pub reconnect_backoff_min_ms: u64,
-    #[serde(default = "default_reconnect_backoff_max_ms")]
-    pub reconnect_backoff_max_ms: u64,
-}
-
-// The password is a secret: never print it.
-impl std::fmt::Debug for SmscSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmscSettings")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("system_id", &self.system_id)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
+    /// The slowest send of each configured channel with a remote peer, in milliseconds.
+    fn attempt_ms_max(&self) -> Vec<(&'static str, u64)> {
+        let mut attempts = Vec::new();
+        if self.webhook.enabled {
+            attempts.push(("channels.webhook", self.webhook.attempt_ms_max()));
+        }
+        if let Some(sms) = &self.sms {
+            attempts.push(("channels.sms", sms.attempt_ms_max()));
+        }
+        if let Some(email) = &self.email {
+            attempts.push(("channels.email", email.attempt_ms_max()));
+        }
+        if let Some(wap_push) = &self.wap_push {
+            attempts.push(("channels.wap_push", wap_push.attempt_ms_max()));
+        }
+        attempts
     }
-}
-
-fn default_source_addr_ton() -> u8 {
-    3
-}
-fn default_true() -> bool {
-    true
-}
-fn default_bind() -> String {
-    "transceiver".to_string()
-}
-fn default_window() -> usize {
-    10
-}
-fn default_throughput_per_s() -> u32 {
-    50
-}
-fn default_enquire_link_interval_ms() -> u64 {
-    30_000
-}
-fn default_response_timeout_ms() -> u64 {
-    10_000
-}
-fn default_reconnect_backoff_min_ms() -> u64 {
-    1_000
-}
-fn default_reconnect_backoff_max_ms() -> u64 {
-    60_000
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSettings {
-    pub enabled: bool,
-    pub timeout_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub response_body_max_bytes: usize,
-    pub previous_secret_valid_s: i64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleSettings {
-    pub enabled: bool,
-    pub path: String,
 }
 
 impl Settings {
@@ -577,11 +473,6 @@ impl Settings {
             "must be at least 100",
         );
         require(
-            !self.channels.console.path.is_empty(),
-            "channels.console.path",
-            "must be `-` or a file path",
-        );
-        require(
             (1..=64).contains(&self.outbox.workers),
             "outbox.workers",
             "must be between 1 and 64",
@@ -591,155 +482,18 @@ impl Settings {
             "engine.pre_expiry_notice_s",
             "must not be negative",
         );
-        let webhook = &self.channels.webhook;
-        require(
-            (100..=120_000).contains(&webhook.timeout_ms),
-            "channels.webhook.timeout_ms",
-            "must be between 100 and 120000",
-        );
-        require(
-            (100..=60_000).contains(&webhook.connect_timeout_ms),
-            "channels.webhook.connect_timeout_ms",
-            "must be between 100 and 60000",
-        );
-        require(
-            (256..=1_048_576).contains(&webhook.response_body_max_bytes),
-            "channels.webhook.response_body_max_bytes",
-            "must be between 256 and 1048576",
-        );
+        let mut channel_problems = Problems::new();
+        self.channels.validate(&mut channel_problems);
         // A delivery that outlives its claim could be claimed again by another worker and
         // arrive twice; the lease must outlast the slowest attempt.
-        require(
-            self.outbox.claim_lease_ms > i64::try_from(webhook.timeout_ms).unwrap_or(i64::MAX),
-            "outbox.claim_lease_ms",
-            "must be longer than channels.webhook.timeout_ms",
-        );
-        require(
-            webhook.previous_secret_valid_s >= 0,
-            "channels.webhook.previous_secret_valid_s",
-            "must not be negative",
-        );
-        if let Some(email) = &self.channels.email {
-            require(
-                !email.host.is_empty(),
-                "channels.email.host",
-                "must not be empty",
-            );
-            require(
-                matches!(email.tls.as_str(), "none" | "starttls" | "tls"),
-                "channels.email.tls",
-                "must be \"none\", \"starttls\" or \"tls\"",
-            );
-            require(
-                email.username.is_some() == email.password.is_some(),
-                "channels.email.username",
-                "needs channels.email.password, and the other way round",
-            );
-            require(
-                email.from.contains('@'),
-                "channels.email.from",
-                "must be a mailbox like \"paystep <pay@example.com>\"",
-            );
-            require(
-                (1..=64).contains(&email.pool_size),
-                "channels.email.pool_size",
-                "must be between 1 and 64",
-            );
-            require(
-                (100..=120_000).contains(&email.timeout_ms),
-                "channels.email.timeout_ms",
-                "must be between 100 and 120000",
-            );
-            require(
-                self.outbox.claim_lease_ms > i64::try_from(email.timeout_ms).unwrap_or(i64::MAX),
+        for (channel, attempt_ms) in self.channels.attempt_ms_max() {
+            channel_problems.require(
+                self.outbox.claim_lease_ms > i64::try_from(attempt_ms).unwrap_or(i64::MAX),
                 "outbox.claim_lease_ms",
-                "must be longer than channels.email.timeout_ms",
+                &format!("must be longer than the slowest {channel} send ({attempt_ms} ms)"),
             );
-            if let Some(ca_file) = &email.ca_file {
-                require(
-                    ca_file.is_file(),
-                    "channels.email.ca_file",
-                    "must be a readable PEM file",
-                );
-            }
         }
-        if let Some(sms) = &self.channels.sms {
-            require(
-                !sms.source_addr.trim().is_empty(),
-                "channels.sms.source_addr",
-                "must not be empty",
-            );
-            require(
-                !sms.smsc.is_empty(),
-                "channels.sms.smsc",
-                "needs at least one SMSC",
-            );
-            for (index, smsc) in sms.smsc.iter().enumerate() {
-                let key = |name: &str| format!("channels.sms.smsc[{index}].{name}");
-                let mut check = |ok: bool, name: &str, message: &str| {
-                    if !ok {
-                        problems.push(format!("`{}`: {message}", key(name)));
-                    }
-                };
-                check(!smsc.host.is_empty(), "host", "must not be empty");
-                check(
-                    smsc.ca_file
-                        .as_ref()
-                        .is_none_or(|ca_file| ca_file.is_file()),
-                    "ca_file",
-                    "must be a readable PEM file",
-                );
-                check(
-                    !smsc.system_id.is_empty() && smsc.system_id.len() <= 15,
-                    "system_id",
-                    "must be 1 to 15 characters",
-                );
-                check(
-                    smsc.password.len() <= 8,
-                    "password",
-                    "must be at most 8 characters (SMPP 3.4)",
-                );
-                check(
-                    smsc.bind == "transceiver" || smsc.bind == "transmitter_receiver",
-                    "bind",
-                    "must be \"transceiver\" or \"transmitter_receiver\"",
-                );
-                check(
-                    (1..=1000).contains(&smsc.window),
-                    "window",
-                    "must be between 1 and 1000",
-                );
-                check(
-                    (1..=10_000).contains(&smsc.throughput_per_s),
-                    "throughput_per_s",
-                    "must be between 1 and 10000",
-                );
-                check(
-                    smsc.enquire_link_interval_ms >= 1000,
-                    "enquire_link_interval_ms",
-                    "must be at least 1000",
-                );
-                check(
-                    (100..=120_000).contains(&smsc.response_timeout_ms),
-                    "response_timeout_ms",
-                    "must be between 100 and 120000",
-                );
-                check(
-                    smsc.reconnect_backoff_min_ms >= 10
-                        && smsc.reconnect_backoff_min_ms <= smsc.reconnect_backoff_max_ms,
-                    "reconnect_backoff_min_ms",
-                    "must be at least 10 and at most reconnect_backoff_max_ms",
-                );
-                // A send may wait for a response per part and pause on throttling; the claim
-                // must outlast it or a second worker could submit the message again.
-                check(
-                    self.outbox.claim_lease_ms
-                        > 3 * i64::try_from(smsc.response_timeout_ms).unwrap_or(i64::MAX),
-                    "response_timeout_ms",
-                    "times 3 must stay below outbox.claim_lease_ms",
-                );
-            }
-        }
+        problems.extend(channel_problems.into_vec());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paystep_channels::console::{ConsoleChannel, ConsoleTarget};
-use paystep_channels::email::{EmailChannel, EmailSettings, EmailTls};
-use paystep_channels::sms::{BindMode, SmsChannel, SmsSettings, SmscSettings};
-use paystep_channels::webhook::{WebhookChannel, WebhookSettings};
+use paystep_channels::email::EmailChannel;
+use paystep_channels::sms::SmsChannel;
+use paystep_channels::wap_push::WapPushChannel;
+use paystep_channels::webhook::WebhookChannel;
 use paystep_channels::{Channel, ChannelName, InboundSink};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -27,125 +27,69 @@ pub struct Application {
     channels: Channels,
 }
 
-/// The running channel adapters, and the SMS links to unbind on the way out.
+/// The running channel adapters.
 pub struct Channels {
     pub adapters: HashMap<ChannelName, Arc<dyn Channel>>,
-    pub sms: Option<Arc<SmsChannel>>,
 }
 
 impl Channels {
+    /// Lets every adapter say goodbye to its peer (SMS links unbind).
     pub async fn shutdown(&self) {
-        if let Some(sms) = &self.sms {
-            sms.shutdown().await;
+        for adapter in self.adapters.values() {
+            adapter.shutdown().await;
         }
     }
 }
 
 /// The channels the configuration turns on, known without starting any of them.
 pub fn configured_channels(settings: &Settings) -> ChannelAvailability {
+    let channels = &settings.channels;
     let mut names = Vec::new();
-    if settings.channels.console.enabled {
+    if channels.console.enabled {
         names.push(ChannelName::Console);
     }
-    if settings.channels.webhook.enabled {
+    if channels.webhook.enabled {
         names.push(ChannelName::Webhook);
     }
-    if settings.channels.sms.is_some() {
+    if channels.sms.is_some() {
         names.push(ChannelName::Sms);
     }
-    if settings.channels.email.is_some() {
+    if channels.email.is_some() {
         names.push(ChannelName::Email);
+    }
+    if channels.wap_push.is_some() {
+        names.push(ChannelName::WapPush);
     }
     ChannelAvailability::new(names)
 }
 
-/// Starts every configured channel adapter; SMS links begin to bind in the background and
-/// hand what they receive to `inbound`.
+/// Starts every configured channel adapter from its own settings; SMS links begin to bind in
+/// the background and hand what they receive to `inbound`.
 pub fn build_channels(
     settings: &Settings,
     inbound: Arc<dyn InboundSink>,
 ) -> anyhow::Result<Channels> {
+    let channels = &settings.channels;
     let mut adapters: HashMap<ChannelName, Arc<dyn Channel>> = HashMap::new();
-    if settings.channels.console.enabled {
-        let target = ConsoleTarget::parse(&settings.channels.console.path);
-        adapters.insert(ChannelName::Console, Arc::new(ConsoleChannel::new(target)));
-    }
-    let webhook = &settings.channels.webhook;
-    if webhook.enabled {
-        let adapter = WebhookChannel::new(&WebhookSettings {
-            timeout_ms: webhook.timeout_ms,
-            connect_timeout_ms: webhook.connect_timeout_ms,
-            response_body_max_bytes: webhook.response_body_max_bytes,
-        })?;
-        adapters.insert(ChannelName::Webhook, Arc::new(adapter));
-    }
-    if let Some(email) = &settings.channels.email {
-        let adapter = EmailChannel::new(&email_settings(email))?;
-        adapters.insert(ChannelName::Email, Arc::new(adapter));
-    }
-    let sms = match &settings.channels.sms {
-        Some(sms) => {
-            let channel = Arc::new(SmsChannel::start(sms_settings(sms), inbound)?);
-            adapters.insert(ChannelName::Sms, channel.clone());
-            Some(channel)
-        }
-        None => None,
+    let mut add = |adapter: Arc<dyn Channel>| {
+        adapters.insert(adapter.name(), adapter);
     };
-    Ok(Channels { adapters, sms })
-}
-
-fn email_settings(config: &crate::config::EmailSettings) -> EmailSettings {
-    EmailSettings {
-        host: config.host.clone(),
-        port: config.port,
-        tls: match config.tls.as_str() {
-            "none" => EmailTls::None,
-            "tls" => EmailTls::Tls,
-            // Validation allows only these three; STARTTLS is the safe default.
-            _ => EmailTls::StartTls,
-        },
-        ca_file: config.ca_file.clone(),
-        username: config.username.clone(),
-        password: config.password.clone(),
-        from: config.from.clone(),
-        reply_to: config.reply_to.clone(),
-        pool_size: config.pool_size,
-        timeout_ms: config.timeout_ms,
+    if let Some(console) = channels.console.build() {
+        add(Arc::new(console));
     }
-}
-
-fn sms_settings(config: &crate::config::SmsSettings) -> SmsSettings {
-    SmsSettings {
-        source_addr: config.source_addr.clone(),
-        source_addr_ton: config.source_addr_ton,
-        source_addr_npi: config.source_addr_npi,
-        registered_delivery: config.registered_delivery,
-        smscs: config
-            .smsc
-            .iter()
-            .map(|smsc| SmscSettings {
-                name: smsc.name.clone(),
-                host: smsc.host.clone(),
-                port: smsc.port,
-                tls: smsc.tls,
-                ca_file: smsc.ca_file.clone(),
-                system_id: smsc.system_id.clone(),
-                password: smsc.password.clone(),
-                system_type: smsc.system_type.clone(),
-                bind: if smsc.bind == "transmitter_receiver" {
-                    BindMode::TransmitterReceiver
-                } else {
-                    BindMode::Transceiver
-                },
-                window: smsc.window,
-                throughput_per_s: smsc.throughput_per_s,
-                enquire_link_interval_ms: smsc.enquire_link_interval_ms,
-                response_timeout_ms: smsc.response_timeout_ms,
-                reconnect_backoff_min_ms: smsc.reconnect_backoff_min_ms,
-                reconnect_backoff_max_ms: smsc.reconnect_backoff_max_ms,
-            })
-            .collect(),
+    if channels.webhook.enabled {
+        add(Arc::new(WebhookChannel::new(&channels.webhook)?));
     }
+    if let Some(email) = &channels.email {
+        add(Arc::new(EmailChannel::new(email)?));
+    }
+    if let Some(wap_push) = &channels.wap_push {
+        add(Arc::new(WapPushChannel::new(wap_push)?));
+    }
+    if let Some(sms) = &channels.sms {
+        add(Arc::new(SmsChannel::start(sms.clone(), inbound)?));
+    }
+    Ok(Channels { adapters })
 }
 
 impl Application {

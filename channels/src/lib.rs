@@ -1,71 +1,15 @@
-//! Channel adapters: the seam between paystep's core and the outside world.
+//! Channel adapters: the seam between paystep's core and the outside world, one folder each.
 //!
-//! A channel turns domain messages into wire messages and back. Channels never touch the
-//! ledger: outbound, they receive an [`OutboundMessage`] that the core has already committed
-//! to its outbox; inbound, they hand an [`InboundMessage`] to the core through an
-//! [`InboundSink`]. Everything else about a wire protocol stays inside its adapter folder.
+//! The vocabulary both sides share (messages, the [`Channel`] and [`InboundSink`] traits, the
+//! error classes) lives in `paystep-channel-core` and is re-exported here. Each adapter owns
+//! its settings (serde, `deny_unknown_fields`, secrets redacted), their `validate()`, and a
+//! `build()` that returns the running channel; everything else about a wire protocol stays
+//! inside its folder.
 
 pub mod console;
 pub mod email;
-mod message;
 pub mod sms;
+pub mod wap_push;
 pub mod webhook;
 
-pub use message::{
-    ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage,
-};
-
-use async_trait::async_trait;
-
-/// What a delivery attempt produced when it succeeded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Delivery {
-    /// The identifier the peer gave the message (SMSC message id, SMTP Message-ID), if any.
-    pub remote_id: Option<String>,
-}
-
-/// Why a delivery attempt failed, classified so the outbox knows whether to try again.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SendError {
-    /// The peer may accept the message later: a timeout, a refused connection, a throttle.
-    #[error("retriable: {0}")]
-    Retriable(String),
-    /// The peer will never accept this message: a bad address, a rejected content.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
-
-/// Why a channel is not healthy.
-#[derive(Debug, thiserror::Error)]
-#[error("{channel} is unhealthy: {reason}")]
-pub struct HealthError {
-    pub channel: ChannelName,
-    pub reason: String,
-}
-
-/// A channel adapter.
-///
-/// Required: [`Channel::name`] and [`Channel::send`]. [`Channel::health_check`] defaults to
-/// healthy, which is right for channels without a remote peer (the console).
-#[async_trait]
-pub trait Channel: Send + Sync {
-    /// The channel this adapter implements.
-    fn name(&self) -> ChannelName;
-
-    /// Delivers one message. Called by the outbox dispatcher, possibly more than once for the
-    /// same message after a crash, so peers that can deduplicate get `message.id`.
-    async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError>;
-
-    /// How many sends the dispatcher may have in flight on this channel at once; `None`
-    /// when the adapter sets no bound of its own (the dispatcher then uses
-    /// `outbox.workers`). An adapter with its own flow control (an SMPP window, an SMTP
-    /// pool) names it, so that the dispatcher keeps that flow control full.
-    fn parallel_sends_max(&self) -> Option<usize> {
-        None
-    }
-
-    /// Checks that the peer is reachable and accepts us.
-    async fn health_check(&self) -> Result<(), HealthError> {
-        Ok(())
-    }
-}
+pub use paystep_channel_core::*;

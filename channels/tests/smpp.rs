@@ -280,6 +280,7 @@ fn sms(text: &str) -> OutboundMessage {
         language: "en".into(),
         text: text.into(),
         url: None,
+        expires_at_ms: None,
         payload: None,
         signing_secrets: Vec::new(),
     }

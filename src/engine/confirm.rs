@@ -1,7 +1,7 @@
 //! The customer's answer to a confirmation request: approve (with PIN where the customer has
 //! one) or decline; and what becomes of a request nobody approved.
 
-use paystep_channels::{ChannelName, MessageKind};
+use paystep_channel_core::{ChannelName, MessageKind};
 use sqlx::AnyConnection;
 
 use super::effects::Effects;

@@ -4,12 +4,12 @@
 //! nothing committed is left unsent. Writing them last also keeps the lock order fixed:
 //! process, then accounts, then the retailer's event counter.
 
-use paystep_channels::{ChannelName, MessageKind};
+use paystep_channel_core::{ChannelName, MessageKind};
 use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::rows::{CustomerRow, RetailerRow};
-use super::texts::{render, render_reply, render_sms, Reply, Text, TextFacts};
+use super::texts::{render, render_push, render_reply, render_sms, Reply, Text, TextFacts};
 use super::EngineError;
 use crate::domain::Language;
 
@@ -44,8 +44,17 @@ pub struct PendingMessage {
     pub text: String,
     /// The text for an SMS, where it differs (no link; how to reply instead).
     pub sms_text: Option<String>,
+    /// The text of a Service Indication, where it differs (short: it shares one SMS with
+    /// its link).
+    pub push_text: Option<String>,
     pub language: Language,
-    pub url: Option<String>,
+    pub link: Option<Link>,
+}
+
+/// A link a message carries, and when it stops working.
+pub struct Link {
+    pub url: String,
+    pub expires_at_ms: i64,
 }
 
 /// The process a reply is about: its retailer and code.
@@ -92,11 +101,12 @@ impl Effects {
         kind: MessageKind,
         facts: (&TextFacts<'_>, &str, &str),
         text: Text<'_>,
-        url: Option<String>,
+        link: Option<Link>,
     ) {
         let (facts, retailer_id, process_id) = facts;
         let language = customer.language();
         let sms_text = render_sms(language, facts, &text, customer.pin_hash.is_some());
+        let push_text = render_push(language, facts, &text);
         self.messages.push(PendingMessage {
             recipient: Recipient::Customer {
                 customer: customer.clone(),
@@ -110,8 +120,9 @@ impl Effects {
             reference: facts.reference.map(str::to_string),
             text: render(language, facts, &text),
             sms_text,
+            push_text,
             language,
-            url,
+            link,
         });
     }
 
@@ -140,8 +151,9 @@ impl Effects {
             reference: None,
             text: render_reply(language, &reply),
             sms_text: None,
+            push_text: None,
             language,
-            url: None,
+            link: None,
         });
     }
 
@@ -164,8 +176,9 @@ impl Effects {
             reference: facts.reference.map(str::to_string),
             text: render(Language::En, facts, &text),
             sms_text: None,
+            push_text: None,
             language: Language::En,
-            url: None,
+            link: None,
         });
     }
 }
@@ -204,7 +217,7 @@ impl ChannelAvailability {
         customer: &CustomerRow,
         requested: Option<ChannelName>,
     ) -> Result<(), EngineError> {
-        customer_route(self, customer, requested).map(|_| ())
+        customer_route(self, customer, requested, MessageKind::ConfirmationRequest).map(|_| ())
     }
 }
 
@@ -212,8 +225,17 @@ fn customer_route(
     channels: &ChannelAvailability,
     customer: &CustomerRow,
     requested: Option<ChannelName>,
+    kind: MessageKind,
 ) -> Result<Route, EngineError> {
-    let wanted = requested.unwrap_or_else(|| customer.preferred_channel());
+    let mut wanted = requested.unwrap_or_else(|| customer.preferred_channel());
+    // A Service Indication is a link, not a receipt: only confirmation requests are pushed;
+    // the rest goes by SMS where it can (or the console standing in for it).
+    if wanted == ChannelName::WapPush
+        && kind != MessageKind::ConfirmationRequest
+        && (channels.has(ChannelName::Sms) || channels.has(ChannelName::Console))
+    {
+        wanted = ChannelName::Sms;
+    }
     let address = match wanted {
         ChannelName::Sms | ChannelName::WapPush | ChannelName::Voice => customer.msisdn.clone(),
         ChannelName::Email => customer.email.clone(),
@@ -336,7 +358,8 @@ impl Effects {
                     context: (None, None),
                     language: Language::En,
                     text: event.kind,
-                    url: None,
+                    link: None,
+                    fallback_text: None,
                     payload: Some(payload.to_string()),
                     event_id: Some(event_id.clone()),
                 });
@@ -348,7 +371,12 @@ impl Effects {
                     customer,
                     requested,
                 } => (
-                    vec![customer_route(channels, customer, *requested)?],
+                    vec![customer_route(
+                        channels,
+                        customer,
+                        *requested,
+                        message.kind,
+                    )?],
                     "customer",
                 ),
                 Recipient::Retailer(retailer) => (retailer_routes(channels, retailer), "retailer"),
@@ -369,9 +397,15 @@ impl Effects {
                 }
             };
             for route in routes {
-                let text = match (&message.sms_text, route.intended) {
-                    (Some(sms_text), ChannelName::Sms) => sms_text,
+                let text = match (route.intended, &message.sms_text, &message.push_text) {
+                    (ChannelName::Sms, Some(sms_text), _) => sms_text,
+                    (ChannelName::WapPush, _, Some(push_text)) => push_text,
                     _ => &message.text,
+                };
+                // A pushed request keeps the SMS that stands in for it if the PPG refuses.
+                let fallback_text = match (route.channel, channels.has(ChannelName::Sms)) {
+                    (ChannelName::WapPush, true) => message.sms_text.as_deref(),
+                    _ => None,
                 };
                 outbox.push(OutboxRow {
                     route,
@@ -383,7 +417,8 @@ impl Effects {
                     context: (message.description.as_deref(), message.reference.as_deref()),
                     language: message.language,
                     text,
-                    url: message.url.as_deref(),
+                    link: message.link.as_ref(),
+                    fallback_text,
                     payload: None,
                     event_id: None,
                 });
@@ -426,12 +461,14 @@ struct OutboxRow<'a> {
     context: (Option<&'a str>, Option<&'a str>),
     language: Language,
     text: &'a str,
-    url: Option<&'a str>,
+    link: Option<&'a Link>,
+    /// The SMS text to send instead if the message is refused for good.
+    fallback_text: Option<&'a str>,
     payload: Option<String>,
     event_id: Option<String>,
 }
 
-/// Outbox rows per INSERT: 16 values each stays far below either database's limit on
+/// Outbox rows per INSERT: 18 values each stays far below either database's limit on
 /// bound parameters.
 const OUTBOX_ROWS_PER_INSERT: usize = 32;
 
@@ -440,7 +477,7 @@ async fn insert_outbox(
     rows: &[OutboxRow<'_>],
     now_ms: i64,
 ) -> Result<(), EngineError> {
-    const COLUMNS: usize = 16;
+    const COLUMNS: usize = 18;
     let values: Vec<String> = (0..rows.len())
         .map(|row| {
             let first = row * COLUMNS + 1;
@@ -456,7 +493,7 @@ async fn insert_outbox(
     let statement = format!(
         "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, retailer_id, \
          process_id, code, language, text, url, payload, event_id, description, reference, \
-         status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) VALUES {}",
+         expires_at_ms, fallback_text, status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) VALUES {}",
         values.join(", ")
     );
     let mut query = sqlx::query(&statement);
@@ -473,11 +510,13 @@ async fn insert_outbox(
             .bind(row.code)
             .bind(row.language.as_str())
             .bind(row.text)
-            .bind(row.url)
+            .bind(row.link.map(|link| link.url.as_str()))
             .bind(row.payload.clone())
             .bind(row.event_id.clone())
             .bind(row.context.0)
-            .bind(row.context.1);
+            .bind(row.context.1)
+            .bind(row.link.map(|link| link.expires_at_ms))
+            .bind(row.fallback_text);
     }
     query.bind(now_ms).execute(&mut *conn).await?;
     Ok(())

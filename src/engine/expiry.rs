@@ -8,7 +8,7 @@ use super::texts::{Ended, Text};
 use super::txn::Txn;
 use super::views::ProcessView;
 use super::{Engine, EngineError};
-use paystep_channels::MessageKind;
+use paystep_channel_core::MessageKind;
 
 impl Engine {
     /// Expires what is due, at most `engine.sweep_batch_size` of each kind, each in its own

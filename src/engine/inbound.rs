@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use paystep_channels::{ChannelName, InboundError, InboundMessage, InboundSink, MessageKind};
+use paystep_channel_core::{ChannelName, InboundError, InboundMessage, InboundSink, MessageKind};
 use sqlx::{AnyConnection, Row};
 
 use super::confirm::{Answer, AnswerOutcome};
@@ -398,7 +398,7 @@ impl Engine {
         .await?;
         // The PAY message is both the request and its answer: a request is recorded, so a
         // wrong PIN can be retried with `YES <code> <PIN>`, and answered at once.
-        let confirmation_id = self
+        let (confirmation_id, _) = self
             .insert_confirmation(
                 conn,
                 &process.id,

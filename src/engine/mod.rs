@@ -20,7 +20,7 @@ pub mod views;
 
 use std::sync::Arc;
 
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use sha2::{Digest, Sha256};
 
 pub use confirm::{Answer, AnswerOutcome, ConfirmationPage};

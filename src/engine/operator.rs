@@ -1,6 +1,6 @@
 //! The operator's side: customers, deposits, retailers.
 
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 

@@ -12,7 +12,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
 use std::sync::Arc;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use sqlx::AnyConnection;
 use tokio::sync::Semaphore;
 

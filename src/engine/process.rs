@@ -1,10 +1,10 @@
 //! Opening and closing processes.
 
-use paystep_channels::{ChannelName, MessageKind};
+use paystep_channel_core::{ChannelName, MessageKind};
 use rust_decimal::Decimal;
 use sqlx::AnyConnection;
 
-use super::effects::Effects;
+use super::effects::{Effects, Link};
 use super::rows::{self, CustomerKey, CustomerRow, ProcessRow, RetailerRow};
 use super::texts::{Ended, Text, TextFacts};
 use super::txn::Txn;
@@ -297,22 +297,26 @@ impl Engine {
             amount,
             step_id,
         } = question;
-        self.insert_confirmation(
-            txn.conn,
-            &process.id,
-            (kind, amount),
-            step_id,
-            token,
-            txn.now_ms,
-        )
-        .await?;
+        let (_, expires_at_ms) = self
+            .insert_confirmation(
+                txn.conn,
+                &process.id,
+                (kind, amount),
+                step_id,
+                token,
+                txn.now_ms,
+            )
+            .await?;
         txn.effects.message_customer(
             customer,
             process.requested_channel(),
             MessageKind::ConfirmationRequest,
             (facts, &process.retailer_id, &process.id),
             text,
-            Some(url.to_string()),
+            Some(Link {
+                url: url.to_string(),
+                expires_at_ms,
+            }),
         );
         Ok(())
     }
@@ -326,7 +330,7 @@ impl Engine {
         step_id: Option<&str>,
         token: &str,
         now_ms: i64,
-    ) -> Result<String, EngineError> {
+    ) -> Result<(String, i64), EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
         let expires_at_ms = now_ms + self.settings.engine.confirmation_ttl_s * 1000;
         sqlx::query(
@@ -343,7 +347,7 @@ impl Engine {
         .bind(expires_at_ms)
         .execute(&mut *conn)
         .await?;
-        Ok(id)
+        Ok((id, expires_at_ms))
     }
 
     /// Closes an open process for its retailer, returning the unused release.

@@ -1,6 +1,6 @@
 //! Rows as stored, and the statements that load and lock them.
 
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use sqlx::AnyConnection;
 
 use crate::domain::{

@@ -1,6 +1,6 @@
 //! Steps: charged at once when they fit, or waiting for a top-up when they do not.
 
-use paystep_channels::MessageKind;
+use paystep_channel_core::MessageKind;
 use rust_decimal::Decimal;
 use sqlx::AnyConnection;
 

@@ -159,6 +159,44 @@ fn quoted_context(language: Language, context: &str) -> String {
     }
 }
 
+/// The text of a Service Indication for a confirmation request: who asks, how much, and the
+/// code. The SI's link says the rest, and both together should fit one SMS where they can
+/// (the push SMS also carries its UDH, the WSP header and the link), so the retailer's
+/// description follows only as far as `PUSH_TEXT_CHARS_MAX` allows.
+pub fn render_push(language: Language, facts: &TextFacts<'_>, text: &Text<'_>) -> Option<String> {
+    let TextFacts {
+        retailer,
+        context,
+        code,
+        currency,
+        ..
+    } = facts;
+    let body = match (language, text) {
+        (Language::En, Text::ConfirmationRequest { amount, .. }) => {
+            format!("{retailer}: release {amount} {currency}? Code {code}")
+        }
+        (Language::De, Text::ConfirmationRequest { amount, .. }) => {
+            format!("{retailer}: {amount} {currency} freigeben? Code {code}")
+        }
+        (Language::En, Text::TopUpRequest { amount, .. }) => {
+            format!("{retailer}: {amount} {currency} more? Code {code}")
+        }
+        (Language::De, Text::TopUpRequest { amount, .. }) => {
+            format!("{retailer}: weitere {amount} {currency}? Code {code}")
+        }
+        _ => return None,
+    };
+    // Room for ` "..."` around a useful piece of the description, or none at all.
+    let room = PUSH_TEXT_CHARS_MAX.saturating_sub(body.chars().count() + 3);
+    if context.is_empty() || room < 8 {
+        return Some(body);
+    }
+    Some(format!("{body} \"{}\"", shortened(context, room)))
+}
+
+/// The longest Service Indication text.
+pub const PUSH_TEXT_CHARS_MAX: usize = 60;
+
 /// How much of the retailer's description an SMS carries, so that the operator's words
 /// and the answer always fit.
 pub const SMS_CONTEXT_CHARS_MAX: usize = 40;

@@ -12,7 +12,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Form;
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use serde::Deserialize;
 
 use super::throttle::{ClientAddress, Guess, RetryAfter};

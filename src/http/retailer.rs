@@ -5,7 +5,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use paystep_channels::ChannelName;
+use paystep_channel_core::ChannelName;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Value};

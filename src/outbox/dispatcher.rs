@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paystep_channels::{Channel, ChannelName, MessageKind, OutboundMessage, SendError};
+use paystep_channel_core::{Channel, ChannelName, MessageKind, OutboundMessage, SendError};
 use rand::Rng;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -92,6 +92,14 @@ impl Dispatcher {
             settings,
             clock,
         }
+    }
+
+    /// Where the SMS that stands in for a refused push goes: SMS, or the console standing
+    /// in for it; `None` when neither is configured.
+    fn fallback_channel(&self) -> Option<ChannelName> {
+        [ChannelName::Sms, ChannelName::Console]
+            .into_iter()
+            .find(|name| self.channels.contains_key(name))
     }
 
     /// Delivers until `shutdown` turns true, then lets the sends in flight finish and
@@ -298,10 +306,11 @@ impl Dispatcher {
                 }
             }
             let now_ms = self.clock.now_ms();
+            let fallback = self.fallback_channel();
             let written = self
                 .store
                 .write_silently(move |conn| -> WriteFuture<'_, Result<(), StoreError>> {
-                    Box::pin(record_outcomes(conn, batch, now_ms))
+                    Box::pin(record_outcomes(conn, batch, now_ms, fallback))
                 })
                 .await;
             if let Err(error) = written {
@@ -380,7 +389,7 @@ async fn claim(
              WHERE position = $2 AND status = 'queued' AND next_attempt_at_ms <= $3 \
              RETURNING position, id, channel, intended_channel, kind, to_address, retailer_id, \
              process_id, code, description, reference, language, text, url, payload, attempts, \
-             queued_at_ms",
+             queued_at_ms, expires_at_ms",
         )
         .bind(lease_until_ms)
         .bind(position)
@@ -418,6 +427,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<Claimed, sqlx::Error> {
         language: row.try_get("language")?,
         text: row.try_get("text")?,
         url: row.try_get("url")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
         payload: row
             .try_get::<Option<String>, _>("payload")?
             .and_then(|payload| serde_json::from_str(&payload).ok()),
@@ -435,6 +445,7 @@ async fn record_outcomes(
     conn: &mut AnyConnection,
     batch: Vec<Attempted>,
     now_ms: i64,
+    fallback: Option<ChannelName>,
 ) -> Result<(), StoreError> {
     for attempted in batch {
         match attempted.outcome {
@@ -475,15 +486,55 @@ async fn record_outcomes(
                 .await?;
             }
             Outcome::Dead { error } => {
-                sqlx::query(
-                    "UPDATE outbox SET status = 'dead', last_error = $1 WHERE position = $2",
+                // Guarded, so that of two workers racing on one message only one buries it
+                // and queues its fallback.
+                let buried = sqlx::query(
+                    "UPDATE outbox SET status = 'dead', last_error = $1 \
+                     WHERE position = $2 AND status = 'queued'",
                 )
                 .bind(error)
                 .bind(attempted.position)
                 .execute(&mut *conn)
-                .await?;
+                .await?
+                .rows_affected();
+                if let (1, Some(channel)) = (buried, fallback) {
+                    queue_fallback(conn, attempted.position, channel, now_ms).await?;
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// Queues the SMS that stands in for a message refused for good (a pushed confirmation
+/// request), once: the text moves from the refused row to the new one in one transaction.
+async fn queue_fallback(
+    conn: &mut AnyConnection,
+    position: i64,
+    channel: ChannelName,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let queued = sqlx::query(
+        "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, \
+         retailer_id, process_id, code, language, text, url, description, reference, \
+         fallback_for, status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) \
+         SELECT $1, $2, 'sms', kind, recipient, to_address, retailer_id, process_id, code, \
+         language, fallback_text, url, description, reference, id, 'queued', 0, $3, $3, $3 \
+         FROM outbox WHERE position = $4 AND fallback_text IS NOT NULL",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(channel.as_str())
+    .bind(now_ms)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if queued > 0 {
+        sqlx::query("UPDATE outbox SET fallback_text = NULL WHERE position = $1")
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(position, channel = %channel.as_str(), "Queued the SMS that stands in for a refused push");
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use paystep::config::EmailSettings;
+use paystep_channels::email::{EmailSettings, EmailTls};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -142,7 +142,7 @@ pub fn email_settings(port: u16, ca: Option<&TestCa>) -> EmailSettings {
     EmailSettings {
         host: "localhost".into(),
         port,
-        tls: "starttls".into(),
+        tls: EmailTls::StartTls,
         ca_file: ca.map(|ca| ca.ca_file.clone()),
         username: Some(USER.into()),
         password: Some(PASSWORD.into()),

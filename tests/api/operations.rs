@@ -371,29 +371,51 @@ async fn the_example_configuration_loads() {
     let settings = paystep::config::Settings::load(Some(std::path::Path::new(example)))
         .expect("config/example.toml is valid");
     let sms = settings.channels.sms.expect("the example configures SMS");
-    assert_eq!(sms.smsc.len(), 2);
-    assert_eq!(sms.smsc[1].bind, "transmitter_receiver");
+    assert_eq!(sms.smscs.len(), 2);
     assert_eq!(
-        sms.smsc[1].window, 10,
+        sms.smscs[1].bind,
+        paystep_channels::sms::BindMode::TransmitterReceiver
+    );
+    assert_eq!(
+        sms.smscs[1].window, 10,
         "defaults fill what the file leaves out"
     );
     let email = settings
         .channels
         .email
         .expect("the example configures email");
-    assert_eq!(email.tls, "starttls");
+    assert_eq!(email.tls, paystep_channels::email::EmailTls::StartTls);
 }
 
 #[tokio::test]
 async fn bad_sms_settings_fail_at_start_naming_the_key() {
+    let smsc = "[channels.sms]\nsource_addr = \"12345\"\n[[channels.sms.smsc]]\nname = \"a\"\n\
+                host = \"x\"\nport = 2775\nsystem_id = \"paystep\"\n";
+    // A value of the wrong shape stops the reading at once, naming its key and what fits.
+    let stderr = migrate_fails(&format!(
+        "{smsc}password = \"secret\"\nbind = \"sideways\"\n"
+    ))
+    .await;
+    assert!(
+        stderr.contains("channels.sms.smsc[0].bind")
+            && stderr.contains("\"transceiver\" or \"transmitter_receiver\""),
+        "{stderr}"
+    );
+    // Values of the right shape are checked together, each problem with its key.
+    let stderr = migrate_fails(&format!("{smsc}password = \"much-too-long\"\nwindow = 0\n")).await;
+    assert!(stderr.contains("channels.sms.smsc[0].password"), "{stderr}");
+    assert!(stderr.contains("channels.sms.smsc[0].window"), "{stderr}");
+    assert!(
+        !stderr.contains("much-too-long"),
+        "a secret in an error: {stderr}"
+    );
+}
+
+/// Runs `paystep migrate` with `toml` as its configuration; it must refuse (exit 2).
+async fn migrate_fails(toml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sms.toml");
-    std::fs::write(
-        &file,
-        "[channels.sms]\nsource_addr = \"12345\"\n[[channels.sms.smsc]]\nname = \"a\"\nhost = \"x\"\n\
-         port = 2775\nsystem_id = \"paystep\"\npassword = \"much-too-long\"\nbind = \"sideways\"\n",
-    )
-    .unwrap();
+    let file = dir.path().join("paystep.toml");
+    std::fs::write(&file, toml).unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_paystep"))
         .args(["migrate", "--config"])
         .arg(&file)
@@ -401,7 +423,5 @@ async fn bad_sms_settings_fail_at_start_naming_the_key() {
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("channels.sms.smsc[0].password"), "{stderr}");
-    assert!(stderr.contains("channels.sms.smsc[0].bind"), "{stderr}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }

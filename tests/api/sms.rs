@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use paystep::config::{SmsSettings, SmscSettings};
+use paystep_channels::sms::{BindMode, SmsSettings, SmscSettings};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -174,7 +174,7 @@ pub fn sms_settings(smpp_port: u16) -> SmsSettings {
         source_addr_ton: 3,
         source_addr_npi: 0,
         registered_delivery: true,
-        smsc: vec![SmscSettings {
+        smscs: vec![SmscSettings {
             name: "test-smsc".into(),
             host: "127.0.0.1".into(),
             port: smpp_port,
@@ -183,7 +183,7 @@ pub fn sms_settings(smpp_port: u16) -> SmsSettings {
             system_id: "paystep".into(),
             password: "secret".into(),
             system_type: String::new(),
-            bind: "transceiver".into(),
+            bind: BindMode::Transceiver,
             window: 10,
             throughput_per_s: 200,
             enquire_link_interval_ms: 30_000,
@@ -517,8 +517,8 @@ async fn throttled_submits_still_all_go_out_within_the_window_and_the_rate(db: D
     let port = smsc.smpp_port;
     let app = spawn_app_with(db, |settings| {
         let mut sms = sms_settings(port);
-        sms.smsc[0].window = WINDOW;
-        sms.smsc[0].throughput_per_s = RATE_PER_S;
+        sms.smscs[0].window = WINDOW;
+        sms.smscs[0].throughput_per_s = RATE_PER_S;
         settings.channels.sms = Some(sms);
         settings.outbox.retry_base_ms = 50;
         settings.outbox.retry_max_ms = 500;

@@ -34,10 +34,10 @@ async fn fill_the_window(db: Db, workers: usize) {
     let port = smsc.smpp_port;
     let app = spawn_app_with(db, |settings| {
         let mut sms = sms_settings(port);
-        sms.smsc[0].window = WINDOW;
+        sms.smscs[0].window = WINDOW;
         // A pace far above what the window allows at 20 ms a submit (500/s): only the
         // window limits what is in flight.
-        sms.smsc[0].throughput_per_s = 10_000;
+        sms.smscs[0].throughput_per_s = 10_000;
         settings.channels.sms = Some(sms);
         settings.outbox.workers = workers;
     })

@@ -28,6 +28,28 @@ impl ConsoleTarget {
     }
 }
 
+/// `[channels.console]`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+    /// `-` for standard output, or a file appended to.
+    pub path: String,
+}
+
+impl ConsoleSettings {
+    /// Every problem, with keys relative to `channels.console`.
+    pub fn validate(&self, problems: &mut crate::Problems) {
+        problems.require(!self.path.is_empty(), "path", "must be `-` or a file path");
+    }
+
+    /// The channel, when enabled.
+    pub fn build(&self) -> Option<ConsoleChannel> {
+        self.enabled
+            .then(|| ConsoleChannel::new(ConsoleTarget::parse(&self.path)))
+    }
+}
+
 pub struct ConsoleChannel {
     target: ConsoleTarget,
     // Serialises writers so that concurrent deliveries never interleave within a line.
@@ -153,6 +175,7 @@ mod tests {
             language: "en".into(),
             text: "Pay 5.00 EUR".into(),
             url: Some("http://x/c/t".into()),
+            expires_at_ms: None,
             payload: None,
             signing_secrets: Vec::new(),
         }

@@ -9,7 +9,10 @@
 //! it); a 5xx reply to the message itself is permanent. `EmailTls::StartTls` never falls back
 //! to plain text: a relay that does not offer STARTTLS gets nothing, not even the login.
 
+mod settings;
 mod templates;
+
+pub use settings::{EmailSettings, EmailTls};
 
 use std::error::Error as _;
 use std::future::Future;
@@ -29,49 +32,6 @@ use tokio::sync::Semaphore;
 use crate::{Channel, ChannelName, Delivery, HealthError, OutboundMessage, SendError};
 use templates::Language;
 
-/// How the connection to the relay is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmailTls {
-    /// Plain SMTP: only for a relay on the same host.
-    None,
-    /// STARTTLS, required: never falls back to plain text.
-    StartTls,
-    /// Implicit TLS from the first byte (port 465).
-    Tls,
-}
-
-#[derive(Clone)]
-pub struct EmailSettings {
-    pub host: String,
-    pub port: u16,
-    pub tls: EmailTls,
-    /// An extra trust anchor (PEM) for a relay with a private CA.
-    pub ca_file: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `Name <address>`, the sender of every message.
-    pub from: String,
-    pub reply_to: Option<String>,
-    /// SMTP connections kept open at most.
-    pub pool_size: u32,
-    pub timeout_ms: u64,
-}
-
-// The password is a secret: never print it.
-impl std::fmt::Debug for EmailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmailSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("ca_file", &self.ca_file)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("from", &self.from)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Why the email channel cannot be built from its settings. Each names the setting to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum EmailSetupError {
@@ -90,10 +50,8 @@ pub enum EmailSetupError {
     },
     #[error("channels.email.username and channels.email.password must be set together")]
     IncompleteCredentials,
-    #[error("channels.email.pool_size must be at least 1")]
-    NoConnections,
-    #[error("channels.email.timeout_ms must be at least 1")]
-    NoTimeout,
+    #[error("invalid email settings:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
     #[error("cannot set up TLS for channels.email.host {host:?}: {reason}")]
     Tls { host: String, reason: String },
     /// lettre's connection pool runs a cleanup task on the tokio runtime it is built in.
@@ -127,11 +85,10 @@ impl EmailChannel {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(EmailSetupError::NoRuntime);
         }
-        if settings.pool_size == 0 {
-            return Err(EmailSetupError::NoConnections);
-        }
-        if settings.timeout_ms == 0 {
-            return Err(EmailSetupError::NoTimeout);
+        let mut problems = crate::Problems::new();
+        problems.under("channels.email", |problems| settings.validate(problems));
+        if !problems.is_empty() {
+            return Err(EmailSetupError::Invalid(problems.into_vec()));
         }
         let from = parse_mailbox("from", &settings.from)?;
         let reply_to = settings
@@ -161,7 +118,10 @@ impl EmailChannel {
                 .pool_config(PoolConfig::new().max_size(settings.pool_size));
         match (&settings.username, &settings.password) {
             (Some(username), Some(password)) => {
-                builder = builder.credentials(Credentials::new(username.clone(), password.clone()));
+                builder = builder.credentials(Credentials::new(
+                    username.clone(),
+                    password.expose().to_string(),
+                ));
             }
             (None, None) => {}
             // Half a login would send unauthenticated and fail at the relay on every message.

@@ -742,7 +742,7 @@ impl Credentials {
         Ok(Credentials {
             system_id: COctetString::from_str(&settings.system_id)
                 .map_err(|_| "system_id must be at most 15 ASCII characters".to_string())?,
-            password: COctetString::from_str(&settings.password)
+            password: COctetString::from_str(settings.password.expose())
                 .map_err(|_| "password must be at most 8 ASCII characters".to_string())?,
             system_type: COctetString::from_str(&settings.system_type)
                 .map_err(|_| "system_type must be at most 12 ASCII characters".to_string())?,

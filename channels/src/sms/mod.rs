@@ -11,6 +11,7 @@ mod encoding;
 pub mod grammar;
 mod inbound;
 mod link;
+mod settings;
 mod status;
 
 use std::collections::VecDeque;
@@ -32,73 +33,14 @@ use crate::{Channel, ChannelName, Delivery, HealthError, InboundSink, OutboundMe
 use link::{Link, Phase, SubmitFailure};
 
 pub use link::{THROTTLE_PAUSE, THROTTLE_RETRIES_MAX};
-
-/// The whole channel's settings.
-#[derive(Debug, Clone)]
-pub struct SmsSettings {
-    /// The short code or number customers reply to.
-    pub source_addr: String,
-    pub source_addr_ton: u8,
-    pub source_addr_npi: u8,
-    /// Ask SMSCs for delivery receipts.
-    pub registered_delivery: bool,
-    pub smscs: Vec<SmscSettings>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindMode {
-    Transceiver,
-    TransmitterReceiver,
-}
-
-/// One SMSC link.
-#[derive(Clone)]
-pub struct SmscSettings {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-    /// An extra trust anchor (PEM) for an SMSC with a private CA.
-    pub ca_file: Option<std::path::PathBuf>,
-    pub system_id: String,
-    pub password: String,
-    pub system_type: String,
-    pub bind: BindMode,
-    /// Unacknowledged submits in flight at most.
-    pub window: usize,
-    /// Submits per second at most.
-    pub throughput_per_s: u32,
-    pub enquire_link_interval_ms: u64,
-    pub response_timeout_ms: u64,
-    pub reconnect_backoff_min_ms: u64,
-    pub reconnect_backoff_max_ms: u64,
-}
-
-// The password is a secret: never print it.
-impl std::fmt::Debug for SmscSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmscSettings")
-            .field("name", &self.name)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("system_id", &self.system_id)
-            .field("password", &"<redacted>")
-            .field("system_type", &self.system_type)
-            .field("bind", &self.bind)
-            .field("window", &self.window)
-            .field("throughput_per_s", &self.throughput_per_s)
-            .finish_non_exhaustive()
-    }
-}
+use settings::ADDRESS_LENGTH_MAX;
+pub use settings::{BindMode, SmsSettings, SmscSettings};
 
 /// TON and NPI of every destination: international, ISDN (E.164).
 const DESTINATION_TON: u8 = 0x01;
 const DESTINATION_NPI: u8 = 0x01;
 /// registered_delivery asking for a receipt on final delivery, success or failure.
 const REGISTERED_DELIVERY_FINAL: u8 = 0x01;
-/// The longest address SMPP 3.4 carries in source_addr and destination_addr.
-const ADDRESS_LENGTH_MAX: usize = 20;
 /// Long messages remembered with their accepted parts, at most.
 const PARTIAL_SENDS_MAX: usize = 256;
 /// Handsets give up joining a concatenated message after a while; a retry later than this
@@ -110,10 +52,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 /// Why the SMS channel cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum SmsSetupError {
-    #[error("the SMS channel has no SMSC")]
-    NoSmsc,
-    #[error("source_addr {0:?} must be 1 to 20 ASCII characters")]
-    SourceAddr(String),
+    #[error("invalid SMS settings:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
     #[error("SMSC {smsc:?}: {reason}")]
     Smsc { smsc: String, reason: String },
     #[error("the SMS channel must be started inside a Tokio runtime")]
@@ -297,42 +237,16 @@ impl PartialSends {
 }
 
 fn validate(settings: &SmsSettings) -> Result<(), SmsSetupError> {
-    if settings.smscs.is_empty() {
-        return Err(SmsSetupError::NoSmsc);
-    }
-    if settings.source_addr.is_empty()
-        || settings.source_addr.len() > ADDRESS_LENGTH_MAX
-        || COctetString::<1, 21>::from_str(&settings.source_addr).is_err()
-    {
-        return Err(SmsSetupError::SourceAddr(settings.source_addr.clone()));
+    let mut problems = crate::Problems::new();
+    settings.validate(&mut problems);
+    if !problems.is_empty() {
+        return Err(SmsSetupError::Invalid(problems.into_vec()));
     }
     for smsc in &settings.smscs {
-        let invalid = |reason: &str| SmsSetupError::Smsc {
+        link::check_credentials(smsc).map_err(|reason| SmsSetupError::Smsc {
             smsc: smsc.name.clone(),
-            reason: reason.to_string(),
-        };
-        if smsc.host.is_empty() {
-            return Err(invalid("host must not be empty"));
-        }
-        if smsc.window == 0 {
-            return Err(invalid("window must be at least 1"));
-        }
-        if smsc.throughput_per_s == 0 {
-            return Err(invalid("throughput_per_s must be at least 1"));
-        }
-        if smsc.response_timeout_ms == 0 || smsc.enquire_link_interval_ms == 0 {
-            return Err(invalid(
-                "response_timeout_ms and enquire_link_interval_ms must be positive",
-            ));
-        }
-        if smsc.reconnect_backoff_min_ms == 0
-            || smsc.reconnect_backoff_min_ms > smsc.reconnect_backoff_max_ms
-        {
-            return Err(invalid(
-                "reconnect_backoff_min_ms must be positive and at most reconnect_backoff_max_ms",
-            ));
-        }
-        link::check_credentials(smsc).map_err(|reason| invalid(&reason))?;
+            reason,
+        })?;
     }
     Ok(())
 }
@@ -353,6 +267,10 @@ fn destination_address(to: &str) -> Result<COctetString<1, 21>, String> {
 impl Channel for SmsChannel {
     fn name(&self) -> ChannelName {
         ChannelName::Sms
+    }
+
+    async fn shutdown(&self) {
+        SmsChannel::shutdown(self).await;
     }
 
     /// Every link's window: the links hold each submit until their window and pace allow,

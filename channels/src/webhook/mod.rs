@@ -20,11 +20,47 @@ use crate::{Channel, ChannelName, Delivery, HealthError, OutboundMessage, SendEr
 
 const SECRET_PREFIX: &str = "whsec_";
 
-#[derive(Debug, Clone)]
+/// `[channels.webhook]`. Each retailer's URL and secret are data, not configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    pub enabled: bool,
     pub timeout_ms: u64,
     pub connect_timeout_ms: u64,
     pub response_body_max_bytes: usize,
+    /// After a rotation, the previous secret also signs for this long.
+    pub previous_secret_valid_s: i64,
+}
+
+impl WebhookSettings {
+    /// Every problem, with keys relative to `channels.webhook`.
+    pub fn validate(&self, problems: &mut crate::Problems) {
+        problems.require(
+            (100..=120_000).contains(&self.timeout_ms),
+            "timeout_ms",
+            "must be between 100 and 120000",
+        );
+        problems.require(
+            (100..=60_000).contains(&self.connect_timeout_ms),
+            "connect_timeout_ms",
+            "must be between 100 and 60000",
+        );
+        problems.require(
+            (256..=1_048_576).contains(&self.response_body_max_bytes),
+            "response_body_max_bytes",
+            "must be between 256 and 1048576",
+        );
+        problems.require(
+            self.previous_secret_valid_s >= 0,
+            "previous_secret_valid_s",
+            "must not be negative",
+        );
+    }
+
+    /// The longest one send may take; the outbox's claim on a message must outlast it.
+    pub fn attempt_ms_max(&self) -> u64 {
+        self.timeout_ms
+    }
 }
 
 pub struct WebhookChannel {

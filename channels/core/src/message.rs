@@ -129,6 +129,9 @@ pub struct OutboundMessage {
     pub text: String,
     /// The link the message carries, such as the confirmation page.
     pub url: Option<String>,
+    /// When that link stops working (Unix ms): a Service Indication's `si-expires`.
+    #[serde(default)]
+    pub expires_at_ms: Option<i64>,
     /// Structured content for machine recipients (webhook events), as JSON.
     pub payload: Option<serde_json::Value>,
     /// Secrets to sign with (a webhook's current and, during a rotation, previous secret).
@@ -156,6 +159,7 @@ impl std::fmt::Debug for OutboundMessage {
                 &format_args!("<{} chars>", self.text.chars().count()),
             )
             .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("expires_at_ms", &self.expires_at_ms)
             .field("payload", &self.payload)
             .field(
                 "signing_secrets",

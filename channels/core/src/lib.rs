@@ -1,0 +1,81 @@
+//! The vocabulary paystep's core and its channel adapters share.
+//!
+//! A channel turns domain messages into wire messages and back. Channels never touch the
+//! ledger: outbound, they receive an [`OutboundMessage`] that the core has already committed
+//! to its outbox; inbound, they hand an [`InboundMessage`] to the core through an
+//! [`InboundSink`]. This crate holds only what both sides must agree on, so that the core
+//! compiles without any adapter's wire library.
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod message;
+mod settings;
+
+pub use message::{
+    ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage,
+};
+pub use settings::{Problems, Secret};
+
+use async_trait::async_trait;
+
+/// What a delivery attempt produced when it succeeded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// The identifier the peer gave the message (SMSC message id, SMTP Message-ID, PAP
+    /// push-id), if any.
+    pub remote_id: Option<String>,
+}
+
+/// Why a delivery attempt failed, classified so the outbox knows whether to try again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// The peer may accept the message later: a timeout, a refused connection, a throttle.
+    #[error("retriable: {0}")]
+    Retriable(String),
+    /// The peer will never accept this message: a bad address, a rejected content.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Why a channel is not healthy.
+#[derive(Debug, thiserror::Error)]
+#[error("{channel} is unhealthy: {reason}")]
+pub struct HealthError {
+    pub channel: ChannelName,
+    pub reason: String,
+}
+
+/// A channel adapter.
+///
+/// Required: [`Channel::name`] and [`Channel::send`]. Every adapter passes the conformance
+/// suite (feature `conformance`): the message id reaches the peer, peer answers are classed
+/// by an exhaustive match, the health check is bounded in time, `Debug` shows no secret, and
+/// a cancelled send leaves the channel usable.
+#[async_trait]
+pub trait Channel: Send + Sync {
+    /// The channel this adapter implements.
+    fn name(&self) -> ChannelName;
+
+    /// Delivers one message. Called by the outbox dispatcher, possibly more than once for the
+    /// same message after a crash, so peers that can deduplicate get `message.id`. The
+    /// future may be dropped at any await point (a shutdown, a lease running out): dropping
+    /// it must release whatever it held.
+    async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError>;
+
+    /// How many sends the dispatcher may have in flight on this channel at once; `None`
+    /// when the adapter sets no bound of its own (the dispatcher then uses
+    /// `outbox.workers`). An adapter with its own flow control (an SMPP window, an SMTP
+    /// pool) names it, so that the dispatcher keeps that flow control full.
+    fn parallel_sends_max(&self) -> Option<usize> {
+        None
+    }
+
+    /// Checks that the peer is reachable and accepts us, within the adapter's own timeout.
+    async fn health_check(&self) -> Result<(), HealthError> {
+        Ok(())
+    }
+
+    /// Says goodbye to the peer (an SMPP unbind) on the way out; most adapters have nothing
+    /// to say.
+    async fn shutdown(&self) {}
+}
