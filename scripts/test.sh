@@ -62,6 +62,21 @@ fi
 node --version
 node -e 'require("./tests/peers/smsc/node_modules/smpp"); console.log("smpp ready")'
 
+say "Kannel's PPG and wbxml2xml (WAP push tests)"
+# Kannel (bearerbox + wapbox) is the real Push Proxy Gateway the WAP push channel talks to;
+# libwbxml2-utils' wbxml2xml decodes what it sends, independently of our code.
+if ! [ -x /usr/sbin/bearerbox ] || ! [ -x /usr/sbin/wapbox ] || ! command -v wbxml2xml >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq kannel libwbxml2-utils >/dev/null
+fi
+# Debian starts a system Kannel from the package; the tests run their own on free ports.
+if command -v systemctl >/dev/null && systemctl is-active --quiet kannel 2>/dev/null; then
+    systemctl stop kannel || true
+fi
+/usr/sbin/bearerbox --version 2>&1 | grep -m 1 -i 'kannel' || true
+command -v wbxml2xml
+
 say "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -138,6 +138,13 @@ impl Application {
             channels.adapters.clone(),
             settings.outbox.clone(),
             engine.clock.clone(),
+        )
+        .with_push_fallback_after_s(
+            settings
+                .channels
+                .wap_push
+                .as_ref()
+                .map_or(0, |wap_push| wap_push.fallback_after_s),
         );
         let dispatcher_task = if settings.outbox.deliver {
             tokio::spawn(dispatcher.run(shutdown.clone()))

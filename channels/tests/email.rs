@@ -4,9 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use paystep_channel_core::conformance::{self, AnswerCase, Class, Peer};
 use paystep_channels::email::{EmailChannel, EmailSettings, EmailSetupError, EmailTls};
 use paystep_channels::{Channel, ChannelName, MessageKind, OutboundMessage, SendError};
 use rcgen::{
@@ -786,4 +788,108 @@ async fn setup_errors_name_the_setting_to_fix() {
             .contains("`channels.email.pool_size`: must be between 1 and 64"),
         "{no_pool}"
     );
+}
+
+/// The email channel in the suite every adapter passes, against the real SMTP server: the
+/// message id reaches it as the `Message-ID`.
+struct EmailPeer {
+    server: SmtpServer,
+    settings: EmailSettings,
+    channel: Arc<EmailChannel>,
+}
+
+#[async_trait]
+impl Peer for EmailPeer {
+    fn channel(&self) -> Arc<dyn Channel> {
+        self.channel.clone()
+    }
+
+    fn message(&self, id: &str) -> OutboundMessage {
+        confirmation_request(id, "anna@example.com", "en")
+    }
+
+    async fn received_ids(&self, count: usize) -> Vec<String> {
+        self.server
+            .received(count)
+            .await
+            .iter()
+            .take(count)
+            .map(|record| text_of(record, "message_id"))
+            .collect()
+    }
+
+    fn channel_to_silent_peer(
+        &self,
+        silent: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Option<Arc<dyn Channel>> {
+        let settings = EmailSettings {
+            host: silent.ip().to_string(),
+            port: silent.port(),
+            timeout_ms: timeout.as_millis() as u64,
+            ..self.settings.clone()
+        };
+        Some(Arc::new(
+            EmailChannel::new(&settings).expect("valid settings"),
+        ))
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![PASSWORD.to_string()]
+    }
+
+    fn debug_renderings(&self) -> Vec<String> {
+        vec![
+            format!("{:?}", self.settings),
+            format!("{:?}", self.channel),
+        ]
+    }
+
+    /// The relay made to answer each way: it rejects one recipient for good (550) and
+    /// fails another for now (451).
+    async fn answers(&self) -> Vec<AnswerCase> {
+        let mut cases = Vec::new();
+        for (to, answer, expected) in [
+            (
+                "gone@example.com",
+                "550 5.1.1 mailbox unavailable",
+                Class::Permanent,
+            ),
+            (
+                "busy@example.com",
+                "451 4.3.0 try again later",
+                Class::Retriable,
+            ),
+            ("anna@example.com", "250 OK", Class::Accepted),
+        ] {
+            let result = self
+                .channel
+                .send(&confirmation_request(&format!("answer-{to}"), to, "en"))
+                .await;
+            cases.push(AnswerCase {
+                answer: answer.into(),
+                classed: Class::of(&result),
+                expected,
+            });
+        }
+        cases
+    }
+}
+
+#[tokio::test]
+async fn the_email_channel_passes_the_conformance_suite() {
+    let server = SmtpServer::start(ServerOptions {
+        reject: &["gone@example.com"],
+        tempfail: &["busy@example.com"],
+        ..ServerOptions::default()
+    })
+    .await;
+    let settings = server.settings(EmailTls::StartTls);
+    let channel = Arc::new(EmailChannel::new(&settings).expect("the channel builds"));
+    let peer = EmailPeer {
+        server,
+        settings,
+        channel,
+    };
+    conformance::run(&peer).await;
 }

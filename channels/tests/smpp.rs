@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use paystep_channel_core::conformance::{self, AnswerCase, Class, Peer};
 use paystep_channels::sms::{BindMode, SmsChannel, SmsSettings, SmscSettings};
 use paystep_channels::{
     Channel, ChannelName, InboundError, InboundMessage, InboundSink, MessageKind, OutboundMessage,
@@ -1021,4 +1022,112 @@ async fn a_long_text_retried_after_a_failed_part_sends_only_the_missing_parts() 
         .all(|submit| submit["concatenation"]["reference"]
             == submits[0]["concatenation"]["reference"]));
     channel.shutdown().await;
+}
+
+/// The SMS channel in the suite every adapter passes, against the test SMSC. A message's id
+/// reaches the SMSC as `user_message_reference` (16 bits of it: SMPP has no field for more).
+struct SmsPeer {
+    smsc: Smsc,
+    settings: SmsSettings,
+    channel: Arc<SmsChannel>,
+}
+
+#[async_trait]
+impl Peer for SmsPeer {
+    fn channel(&self) -> Arc<dyn Channel> {
+        self.channel.clone()
+    }
+
+    fn message(&self, id: &str) -> OutboundMessage {
+        OutboundMessage {
+            id: id.to_string(),
+            ..sms("Garage Nord asks you to release 20.00 EUR. Code 123456.")
+        }
+    }
+
+    async fn received_ids(&self, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + WAIT_MAX;
+        loop {
+            let submits = self.smsc.submits().await;
+            if submits.len() >= count {
+                return submits
+                    .iter()
+                    .take(count)
+                    .map(|submit| submit["user_message_reference"].to_string())
+                    .collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{count} submits did not arrive: {submits:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn channel_to_silent_peer(
+        &self,
+        silent: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Option<Arc<dyn Channel>> {
+        let mut settings = self.settings.clone();
+        settings.smscs[0].host = silent.ip().to_string();
+        settings.smscs[0].port = silent.port();
+        settings.smscs[0].response_timeout_ms = timeout.as_millis() as u64;
+        Some(Arc::new(start_channel(settings).0))
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        vec![self.settings.smscs[0].password.expose().to_string()]
+    }
+
+    fn debug_renderings(&self) -> Vec<String> {
+        vec![
+            format!("{:?}", self.settings),
+            format!("{:?}", self.channel),
+        ]
+    }
+
+    /// The SMSC made to answer submit_sm with each class of command_status.
+    async fn answers(&self) -> Vec<AnswerCase> {
+        let mut cases = Vec::new();
+        for (status, answer, expected) in [
+            (0x0B, "ESME_RINVDSTADR", Class::Permanent),
+            (0x08, "ESME_RSYSERR", Class::Retriable),
+            (0x45, "ESME_RSUBMITFAIL", Class::Permanent),
+            (0x00, "ESME_ROK", Class::Accepted),
+        ] {
+            if status != 0 {
+                let (code, body) = self
+                    .smsc
+                    .post("/throttle", json!({"count": 1, "status": status}))
+                    .await;
+                assert_eq!(code, 200, "{body}");
+            }
+            let result = self
+                .channel
+                .send(&self.message(&format!("answer-{status}")))
+                .await;
+            cases.push(AnswerCase {
+                answer: answer.into(),
+                classed: Class::of(&result),
+                expected,
+            });
+        }
+        cases
+    }
+}
+
+#[tokio::test]
+async fn the_sms_channel_passes_the_conformance_suite() {
+    let smsc = Smsc::start(&[]).await;
+    let settings = smsc.settings(|_| {});
+    let (channel, _inbound) = start_channel(settings.clone());
+    wait_until_bound(&channel).await;
+    let peer = SmsPeer {
+        smsc,
+        settings,
+        channel: Arc::new(channel),
+    };
+    conformance::run(&peer).await;
+    peer.channel.shutdown().await;
 }

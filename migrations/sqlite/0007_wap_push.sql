@@ -8,3 +8,5 @@ ALTER TABLE outbox ADD COLUMN expires_at_ms BIGINT;
 ALTER TABLE outbox ADD COLUMN fallback_text TEXT;
 -- On a fallback SMS: the message it stands in for.
 ALTER TABLE outbox ADD COLUMN fallback_for TEXT;
+-- Pushed requests that may still need their SMS, oldest first.
+CREATE INDEX outbox_fallback_pending ON outbox (created_at_ms) WHERE fallback_text IS NOT NULL;

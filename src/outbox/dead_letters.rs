@@ -10,6 +10,7 @@ struct OutboxRow {
     position: i64,
     id: String,
     channel: String,
+    intended_channel: String,
     kind: String,
     to_address: String,
     retailer_id: Option<String>,
@@ -23,6 +24,7 @@ struct OutboxRow {
     next_attempt_at_ms: i64,
     delivered_at_ms: Option<i64>,
     delivery_state: Option<String>,
+    fallback_for: Option<String>,
 }
 
 /// One outbox message as the operator API and CLI show it.
@@ -31,6 +33,9 @@ pub struct OutboxView {
     pub position: i64,
     pub id: String,
     pub channel: String,
+    /// The channel the message was meant for, where another stands in (the console for an
+    /// unconfigured channel).
+    pub intended_channel: String,
     pub kind: String,
     pub to: String,
     pub retailer_id: Option<String>,
@@ -46,6 +51,8 @@ pub struct OutboxView {
     /// What the peer last reported of the message after accepting it (an SMS delivery
     /// receipt: DELIVERED, UNDELIVERABLE, EXPIRED, ...).
     pub delivery_state: Option<String>,
+    /// On an SMS sent instead of a refused WAP push: the push's id.
+    pub fallback_for: Option<String>,
 }
 
 impl From<OutboxRow> for OutboxView {
@@ -55,6 +62,7 @@ impl From<OutboxRow> for OutboxView {
             position: row.position,
             id: row.id,
             channel: row.channel,
+            intended_channel: row.intended_channel,
             kind: row.kind,
             to: row.to_address,
             retailer_id: row.retailer_id,
@@ -68,13 +76,14 @@ impl From<OutboxRow> for OutboxView {
             next_attempt_at: queued.then(|| format_ms(row.next_attempt_at_ms)),
             delivered_at: row.delivered_at_ms.map(format_ms),
             delivery_state: row.delivery_state,
+            fallback_for: row.fallback_for,
         }
     }
 }
 
-const COLUMNS: &str = "o.position, o.id, o.channel, o.kind, o.to_address, o.retailer_id, \
+const COLUMNS: &str = "o.position, o.id, o.channel, o.intended_channel, o.kind, o.to_address, o.retailer_id, \
      o.process_id, o.event_id, o.status, o.attempts, o.last_error, o.created_at_ms, o.queued_at_ms, \
-     o.next_attempt_at_ms, o.delivered_at_ms, \
+     o.next_attempt_at_ms, o.delivered_at_ms, o.fallback_for, \
      (SELECT r.state FROM outbox_remote_ids i JOIN delivery_receipts r \
         ON r.channel = i.channel AND r.remote_id = i.remote_id \
       WHERE i.outbox_id = o.id ORDER BY r.received_at_ms DESC LIMIT 1) AS delivery_state";

@@ -34,12 +34,18 @@ use crate::store::{Store, StoreError, WriteFuture};
 const ERROR_LENGTH_MAX: usize = 1000;
 /// Outcomes recorded in one transaction at most.
 const OUTCOMES_PER_RECORD_MAX: usize = 512;
+/// How often unanswered pushes are looked for, and how many get their SMS per look.
+const FALLBACK_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+const FALLBACKS_PER_SCAN_MAX: i64 = 64;
 
 pub struct Dispatcher {
     store: Store,
     channels: HashMap<ChannelName, Arc<dyn Channel>>,
     settings: OutboxSettings,
     clock: SharedClock,
+    /// After how long an unanswered pushed request goes out by SMS; `None`: only when the
+    /// PPG refuses it.
+    push_fallback_after_ms: Option<i64>,
 }
 
 /// Messages of one channel (or of the channels not configured here) and how many of them
@@ -91,6 +97,39 @@ impl Dispatcher {
             channels,
             settings,
             clock,
+            push_fallback_after_ms: None,
+        }
+    }
+
+    /// Sends an unanswered pushed request by SMS after `after_s` (0: never on time alone).
+    pub fn with_push_fallback_after_s(mut self, after_s: u64) -> Dispatcher {
+        self.push_fallback_after_ms =
+            (after_s > 0).then(|| i64::try_from(after_s.saturating_mul(1000)).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// Looks for unanswered pushed requests whose time is up, until shutdown.
+    async fn send_overdue_fallbacks(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let (Some(after_ms), Some(channel)) =
+            (self.push_fallback_after_ms, self.fallback_channel())
+        else {
+            return;
+        };
+        while !*shutdown.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(FALLBACK_SCAN_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now_ms = self.clock.now_ms();
+            let written = self
+                .store
+                .write_silently(move |conn| -> WriteFuture<'_, Result<(), StoreError>> {
+                    Box::pin(queue_overdue_fallbacks(conn, after_ms, channel, now_ms))
+                })
+                .await;
+            if let Err(error) = written {
+                tracing::error!(error = %error, "Cannot queue the SMS for unanswered pushes; will try again");
+            }
         }
     }
 
@@ -114,6 +153,7 @@ impl Dispatcher {
         let recorded = Arc::new(Notify::new());
         let (outcomes, receiver) = mpsc::channel(sends_max.max(1) * 2);
         let recorder = tokio::spawn(dispatcher.clone().record(receiver, recorded.clone()));
+        let fallbacks = tokio::spawn(dispatcher.clone().send_overdue_fallbacks(shutdown.clone()));
         let committed = dispatcher.store.committed();
         let listener = dispatcher.store.listen_for_other_daemons();
         let poll_interval = Duration::from_millis(dispatcher.settings.poll_interval_ms);
@@ -165,6 +205,7 @@ impl Dispatcher {
         while sends.join_next().await.is_some() {}
         drop(outcomes);
         let _ = recorder.await;
+        let _ = fallbacks.await;
     }
 
     /// A lane per configured channel, holding that channel's limit on sends in flight
@@ -506,35 +547,81 @@ async fn record_outcomes(
     Ok(())
 }
 
-/// Queues the SMS that stands in for a message refused for good (a pushed confirmation
-/// request), once: the text moves from the refused row to the new one in one transaction.
+/// A pushed request has its fallback SMS due while the request is pending and unexpired.
+const REQUEST_STILL_OPEN: &str = "(o.expires_at_ms IS NULL OR o.expires_at_ms > $2) \
+     AND EXISTS (SELECT 1 FROM confirmations c WHERE c.process_id = o.process_id \
+     AND c.status = 'pending' AND c.created_at_ms = o.created_at_ms)";
+
+/// Queues the SMS that stands in for a pushed confirmation request (refused for good, or
+/// unanswered for `channels.wap_push.fallback_after_s`), once: the text is taken off the
+/// push's row by a guarded UPDATE, so of two daemons racing only one gets it. A request
+/// answered or expired meanwhile gets none (a PPG refuses a push past its
+/// `deliver-before-timestamp`, and the customer could not answer it anyway).
 async fn queue_fallback(
     conn: &mut AnyConnection,
     position: i64,
     channel: ChannelName,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let queued = sqlx::query(
-        "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, \
-         retailer_id, process_id, code, language, text, url, description, reference, \
-         fallback_for, status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) \
-         SELECT $1, $2, 'sms', kind, recipient, to_address, retailer_id, process_id, code, \
-         language, fallback_text, url, description, reference, id, 'queued', 0, $3, $3, $3 \
-         FROM outbox WHERE position = $4 AND fallback_text IS NOT NULL",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(channel.as_str())
+    let text: Option<Option<String>> = sqlx::query_scalar(&format!(
+        "SELECT o.fallback_text FROM outbox o WHERE o.position = $1 \
+         AND o.fallback_text IS NOT NULL AND {REQUEST_STILL_OPEN}"
+    ))
+    .bind(position)
     .bind(now_ms)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(text) = text.flatten() else {
+        return Ok(());
+    };
+    let taken = sqlx::query(
+        "UPDATE outbox SET fallback_text = NULL WHERE position = $1 AND fallback_text IS NOT NULL",
+    )
     .bind(position)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if queued > 0 {
-        sqlx::query("UPDATE outbox SET fallback_text = NULL WHERE position = $1")
-            .bind(position)
-            .execute(&mut *conn)
-            .await?;
-        tracing::info!(position, channel = %channel.as_str(), "Queued the SMS that stands in for a refused push");
+    if taken != 1 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox (id, channel, intended_channel, kind, recipient, to_address, \
+         retailer_id, process_id, code, language, text, url, description, reference, \
+         fallback_for, status, attempts, next_attempt_at_ms, created_at_ms, queued_at_ms) \
+         SELECT $1, $2, 'sms', kind, recipient, to_address, retailer_id, process_id, code, \
+         language, $3, url, description, reference, id, 'queued', 0, $4, $4, $4 \
+         FROM outbox WHERE position = $5",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(channel.as_str())
+    .bind(text)
+    .bind(now_ms)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(position, channel = %channel.as_str(), "Queued the SMS that stands in for a push");
+    Ok(())
+}
+
+/// Pushed requests still unanswered `after_ms` after they were written get their SMS, a
+/// batch at a time.
+async fn queue_overdue_fallbacks(
+    conn: &mut AnyConnection,
+    after_ms: i64,
+    channel: ChannelName,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let due: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT o.position FROM outbox o WHERE o.fallback_text IS NOT NULL \
+         AND o.created_at_ms <= $1 AND {REQUEST_STILL_OPEN} ORDER BY o.created_at_ms LIMIT $3"
+    ))
+    .bind(now_ms - after_ms)
+    .bind(now_ms)
+    .bind(FALLBACKS_PER_SCAN_MAX)
+    .fetch_all(&mut *conn)
+    .await?;
+    for position in due {
+        queue_fallback(conn, position, channel, now_ms).await?;
     }
     Ok(())
 }

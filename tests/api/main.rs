@@ -23,4 +23,5 @@ mod sms;
 mod sms_replies;
 mod sms_window;
 mod validation;
+mod wap_push;
 mod webhooks;

@@ -50,6 +50,7 @@ impl ConsoleSettings {
     }
 }
 
+#[derive(Debug)]
 pub struct ConsoleChannel {
     target: ConsoleTarget,
     // Serialises writers so that concurrent deliveries never interleave within a line.

@@ -78,6 +78,18 @@ pub struct EmailChannel {
     timeout: Duration,
 }
 
+// No secret here: lettre's transport keeps the login, and it is left out.
+impl std::fmt::Debug for EmailChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailChannel")
+            .field("relay", &self.relay)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
 impl EmailChannel {
     /// Checks the settings (mailboxes, login, CA file) and prepares the pool; connects to
     /// nothing: `health_check` does. Must run inside a tokio runtime.

@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusmpp::pdus::SubmitSm;
+use rusmpp::tlvs::MessageSubmissionRequestTlvValue;
 use rusmpp::types::{COctetString, OctetString};
 use rusmpp::values::{
     DataCoding, EsmClass, Npi, RegisteredDelivery, ReplaceIfPresentFlag, ServiceType, Ton,
+    UserMessageReference,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -69,6 +71,15 @@ pub struct SmsChannel {
     partial_sends: PartialSends,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+// The settings' Debug redacts every SMSC password.
+impl std::fmt::Debug for SmsChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmsChannel")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SmsChannel {
@@ -154,7 +165,12 @@ impl SmsChannel {
         best.map(|(link, _)| link)
     }
 
-    fn submit_sm(&self, destination: &COctetString<1, 21>, data_coding: u8) -> SubmitSm {
+    fn submit_sm(
+        &self,
+        destination: &COctetString<1, 21>,
+        data_coding: u8,
+        message_id: &str,
+    ) -> SubmitSm {
         let settings = &self.settings;
         let registered_delivery = if settings.registered_delivery {
             REGISTERED_DELIVERY_FINAL
@@ -174,6 +190,9 @@ impl SmsChannel {
             .registered_delivery(RegisteredDelivery::from(registered_delivery))
             .replace_if_present_flag(ReplaceIfPresentFlag::default())
             .data_coding(DataCoding::from(data_coding))
+            .push_tlv(MessageSubmissionRequestTlvValue::UserMessageReference(
+                UserMessageReference::new(user_message_reference(message_id)),
+            ))
             .build()
     }
 }
@@ -251,6 +270,16 @@ fn validate(settings: &SmsSettings) -> Result<(), SmsSetupError> {
     Ok(())
 }
 
+/// SMPP's `user_message_reference` for a message: 16 bits of the outbox id (FNV-1a), the
+/// same on every attempt, so that an SMSC or a handset that keeps it can recognise a repeat
+/// of the same message to the same number. SMPP has no field for the whole id.
+fn user_message_reference(message_id: &str) -> u16 {
+    let hash = message_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    (hash ^ (hash >> 16)) as u16
+}
+
 /// The destination as SMPP wants it: the E.164 digits without `+`.
 fn destination_address(to: &str) -> Result<COctetString<1, 21>, String> {
     let digits = to.strip_prefix('+').unwrap_or(to);
@@ -307,7 +336,7 @@ impl Channel for SmsChannel {
         };
         let segmented = encoding::segment(&message.text, reference)
             .map_err(|error| SendError::Permanent(error.to_string()))?;
-        let template = self.submit_sm(&destination, segmented.data_coding);
+        let template = self.submit_sm(&destination, segmented.data_coding, &message.id);
         let parts = segmented.segments.len();
         let already_accepted = ids.len();
         for (index, segment) in segmented

@@ -153,6 +153,9 @@ impl Channel for WapPushChannel {
         let response = self
             .request(reqwest::Method::POST)
             .header("content-type", content_type)
+            // Kannel copies the request's headers into the push SMS; reqwest would send
+            // `Accept: */*` by default, so say once, briefly, what we take back.
+            .header("accept", "application/xml")
             .body(body)
             .send()
             .await

@@ -63,6 +63,8 @@ impl WebhookSettings {
     }
 }
 
+/// Holds no secret: each message brings its retailer's.
+#[derive(Debug)]
 pub struct WebhookChannel {
     client: reqwest::Client,
     response_body_max_bytes: usize,

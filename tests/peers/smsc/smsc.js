@@ -212,6 +212,8 @@ function recordSubmit(session, pdu) {
     registered_delivery: pdu.registered_delivery,
     short_message_hex: raw.toString('hex'),
     udh_hex: udh ? udh.toString('hex') : null,
+    user_message_reference: pdu.user_message_reference === undefined
+      ? null : pdu.user_message_reference,
     concatenation: concatenationOf(udh),
     text: textOf(pdu),
     received_at_ms: Date.now(),
