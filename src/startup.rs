@@ -154,7 +154,8 @@ impl Application {
         };
         let sweeper_task = tokio::spawn(run_sweeper(engine.clone(), shutdown.clone()));
         tracing::info!(address = %address, "paystep is listening");
-        let state = AppState::new(engine.clone());
+        let state =
+            AppState::new(engine.clone()).with_peer_channels(Arc::new(channels.adapters.clone()));
         let metrics_task = self.metrics_listener.map(|listener| {
             let metrics = crate::http::metrics_router(state.clone());
             tokio::spawn(serve(listener, metrics, shutdown.clone()))

@@ -90,6 +90,7 @@ fn settings(ppg_url: &str) -> WapPushSettings {
         timeout_ms: 5_000,
         connect_timeout_ms: 1_000,
         fallback_after_s: 0,
+        notify_url: None,
     }
 }
 

@@ -490,6 +490,22 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         tracing::info!(channel = %channel, remote_id, state, "Delivery receipt");
+        // A push the PPG could not deliver: the SMS that stands in for it goes instead.
+        let push_failed = matches!(
+            state,
+            "UNDELIVERABLE" | "EXPIRED" | "REJECTED" | "ABORTED" | "TIMEOUT" | "CANCELLED"
+        );
+        if channel == ChannelName::WapPush && push_failed {
+            if let Some(fallback) = self.channels.deliver_on(ChannelName::Sms) {
+                crate::outbox::fallback::queue_fallback_for_push(
+                    conn,
+                    remote_id,
+                    fallback,
+                    self.now_ms(),
+                )
+                .await?;
+            }
+        }
         Ok(())
     }
 }

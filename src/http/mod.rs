@@ -7,6 +7,7 @@ mod health;
 mod idempotency;
 mod ids;
 mod page;
+mod peers;
 mod retailer;
 pub mod throttle;
 
@@ -30,12 +31,24 @@ use throttle::Throttle;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub throttle: Arc<Throttle>,
+    /// The adapters whose peers may call the daemon (`/peers/{channel}/{token}`).
+    pub peer_channels: peers::PeerChannels,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> AppState {
         let throttle = Arc::new(Throttle::new(&engine.settings.security));
-        AppState { engine, throttle }
+        AppState {
+            engine,
+            throttle,
+            peer_channels: Arc::default(),
+        }
+    }
+
+    /// Routes peers' requests to these adapters.
+    pub fn with_peer_channels(mut self, channels: peers::PeerChannels) -> AppState {
+        self.peer_channels = channels;
+        self
     }
 }
 
@@ -54,6 +67,7 @@ pub fn router(state: AppState) -> Router {
                 .post(page::answer)
                 .layer(axum::middleware::map_response(page::protective_headers)),
         )
+        .route("/peers/{channel}/{token}", post(peers::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi));

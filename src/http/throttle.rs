@@ -35,6 +35,8 @@ pub enum Guess {
     AdminToken,
     ConfirmationToken,
     Pin,
+    /// The token in a channel peer's URL (`/peers/{channel}/{token}`).
+    PeerToken,
 }
 
 impl Guess {
@@ -44,6 +46,7 @@ impl Guess {
             Guess::AdminToken => "admin_token",
             Guess::ConfirmationToken => "confirmation_token",
             Guess::Pin => "pin",
+            Guess::PeerToken => "peer_token",
         }
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod dead_letters;
 mod dispatcher;
+pub(crate) mod fallback;
 
 pub use dispatcher::Dispatcher;

@@ -23,6 +23,8 @@ use kannel::{decode_push, wap_pushes, Kannel, ReceivedPush};
 const PUSHABLE: &str = "+491701234567";
 /// Outside it: Kannel refuses pushes to it with PAP 2001.
 const REFUSED: &str = "+493012345678";
+/// The token in the URL the PPG posts its result notifications to.
+const NOTIFY_TOKEN: &str = "n0t1fy-t0ken-0123456789abcdefghijklmn";
 
 pub fn wap_push_settings(ppg_url: &str) -> WapPushSettings {
     WapPushSettings {
@@ -34,6 +36,7 @@ pub fn wap_push_settings(ppg_url: &str) -> WapPushSettings {
         timeout_ms: 5_000,
         connect_timeout_ms: 1_000,
         fallback_after_s: 0,
+        notify_url: None,
     }
 }
 
@@ -54,6 +57,7 @@ async fn app_with_push_fallback_after(
         settings.channels.sms = Some(sms_settings(smpp_port));
         settings.channels.wap_push = Some(WapPushSettings {
             fallback_after_s,
+            notify_url: Some(format!("{PUBLIC_URL}/peers/wap_push/{NOTIFY_TOKEN}").into()),
             ..wap_push_settings(&ppg_url)
         });
         settings.outbox.retry_base_ms = 100;
@@ -423,7 +427,100 @@ async fn an_unanswered_push_goes_by_sms_once_after_the_fallback_time(db: Db) {
     .await;
 }
 
+/// A PAP result notification as a PPG posts it.
+fn notification(push_id: &str, state: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<!DOCTYPE pap PUBLIC "-//WAPFORUM//DTD PAP 2.0//EN" "http://www.wapforum.org/DTD/pap_2.0.dtd">
+<pap><resultnotification-message push-id="{push_id}" message-state="{state}" code="4000" desc="Service failure">
+<address address-value="WAPPUSH={PUSHABLE}/TYPE=PLMN@ppg.example"/></resultnotification-message></pap>"#
+    )
+}
+
+async fn notify(app: &TestApp, token: &str, body: String) -> (StatusCode, String) {
+    let response = app
+        .client
+        .post(app.url(&format!("/peers/wap_push/{token}")))
+        .header("content-type", "application/xml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+/// Kannel sends no result notifications for unconfirmed pushes (and confirmed ones it does
+/// not send at all), so the test posts them as a PPG would.
+async fn a_result_notification_records_the_state_and_an_undeliverable_push_goes_by_sms(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let smsc = Smsc::start(dir.path()).await;
+    let kannel = Kannel::start(smsc.smpp_port).await;
+    let app = app_with_push(db, &smsc, &kannel.ppg_url()).await;
+    let retailer = app.create_retailer().await;
+    push_customer(&app, PUSHABLE).await;
+    let process = open(&app, &retailer, PUSHABLE).await;
+    let process_id = process["id"].as_str().unwrap().to_string();
+    eventually(20, "the push is accepted", || async {
+        outbox_of(&app, &process_id, "wap_push").await[0]["status"] == "delivered"
+    })
+    .await;
+    let push = outbox_of(&app, &process_id, "wap_push").await.remove(0);
+    let push_id = format!("{}@paystep", push["id"].as_str().unwrap());
+
+    // A wrong token or a body that is no notification changes nothing.
+    let (status, _) = notify(
+        &app,
+        "wrong-token-0123456789abcdefghijklmnop",
+        notification(&push_id, "undeliverable"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = notify(&app, NOTIFY_TOKEN, "<pap><push-message/></pap>".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(outbox_of(&app, &process_id, "sms")
+        .await
+        .iter()
+        .all(|m| m["fallback_for"].is_null()));
+
+    let (status, answer) =
+        notify(&app, NOTIFY_TOKEN, notification(&push_id, "undeliverable")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(
+        answer.contains(&format!(
+            r#"<resultnotification-response push-id="{push_id}" code="1000""#
+        )),
+        "{answer}"
+    );
+    // The same notification again (a PPG retrying) is harmless.
+    let (status, _) = notify(&app, NOTIFY_TOKEN, notification(&push_id, "undeliverable")).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually(
+        20,
+        "the SMS that stands in for the push is delivered",
+        || async {
+            outbox_of(&app, &process_id, "sms")
+                .await
+                .iter()
+                .any(|message| {
+                    !message["fallback_for"].is_null() && message["status"] == "delivered"
+                })
+        },
+    )
+    .await;
+    let pushed = &outbox_of(&app, &process_id, "wap_push").await[0];
+    assert_eq!(pushed["delivery_state"], "UNDELIVERABLE", "{pushed}");
+    let fallbacks: Vec<Value> = outbox_of(&app, &process_id, "sms")
+        .await
+        .into_iter()
+        .filter(|message| !message["fallback_for"].is_null())
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "{fallbacks:#?}");
+    assert_eq!(fallbacks[0]["fallback_for"], pushed["id"]);
+}
+
 on_both_databases!(
+    a_result_notification_records_the_state_and_an_undeliverable_push_goes_by_sms,
     an_unanswered_push_goes_by_sms_once_after_the_fallback_time,
     a_confirmation_request_is_pushed_through_kannel_and_confirmed,
     a_push_while_kannel_is_down_arrives_once_after_it_is_back,

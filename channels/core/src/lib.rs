@@ -78,4 +78,52 @@ pub trait Channel: Send + Sync {
     /// Says goodbye to the peer (an SMPP unbind) on the way out; most adapters have nothing
     /// to say.
     async fn shutdown(&self) {}
+
+    /// Reads a request the peer made to the daemon over HTTP (a PPG's result notification),
+    /// which the core routes at `POST /peers/{channel}/{token}`; `None` for adapters whose
+    /// peers make none.
+    fn receive_from_peer(&self, _request: PeerRequest<'_>) -> Option<PeerRequestOutcome> {
+        None
+    }
+}
+
+/// A request a channel's peer made to the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerRequest<'a> {
+    /// The last segment of the path: the secret the peer was given in its URL.
+    pub token: &'a str,
+    pub body: &'a [u8],
+}
+
+/// An HTTP answer the adapter writes for its peer, in the peer's own format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAnswer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// What the adapter made of a peer's request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequestOutcome {
+    /// The token is wrong: the core answers 403 and counts a guess.
+    Refused,
+    /// Not a request the adapter understands: answered as it is, and nothing changes.
+    Invalid(PeerAnswer),
+    /// A message for the core; `answer` goes back once the core has committed it.
+    Received {
+        message: InboundMessage,
+        answer: PeerAnswer,
+    },
+}
+
+/// Compares without an early exit, so that the time taken tells nothing about a secret.
+pub fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
 }

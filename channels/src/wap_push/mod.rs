@@ -9,6 +9,7 @@
 //! The PAP code decides the rest (see `pap::classify`). No User-Agent goes out: Kannel copies
 //! it into the SMS.
 
+mod notification;
 mod pap;
 mod settings;
 
@@ -17,7 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 
-use crate::{Channel, ChannelName, Delivery, HealthError, OutboundMessage, SendError};
+use crate::{
+    constant_time_equal, Channel, ChannelName, Delivery, HealthError, OutboundMessage, PeerAnswer,
+    PeerRequest, PeerRequestOutcome, Secret, SendError,
+};
+pub use notification::{notification_response, parse_result_notification, ResultNotification};
 pub use pap::{classify, parse_response, PapResult, Verdict};
 pub use settings::WapPushSettings;
 
@@ -147,6 +152,7 @@ impl Channel for WapPushChannel {
             created: &created,
             expires: expires.as_deref(),
             application_id: &self.settings.application_id,
+            notify_url: self.settings.notify_url.as_ref().map(Secret::expose),
         };
         let (body, content_type) = pap::push_body(&push)
             .map_err(|error| SendError::Permanent(format!("cannot write the push: {error}")))?;
@@ -183,6 +189,33 @@ impl Channel for WapPushChannel {
             Verdict::Retriable => Err(SendError::Retriable(reason)),
             Verdict::Permanent => Err(SendError::Permanent(reason)),
         }
+    }
+
+    /// A result notification, when `notify_url` asked for them and the token matches.
+    fn receive_from_peer(&self, request: PeerRequest<'_>) -> Option<PeerRequestOutcome> {
+        let expected = self.settings.notify_token()?;
+        if !constant_time_equal(request.token.as_bytes(), expected.as_bytes()) {
+            return Some(PeerRequestOutcome::Refused);
+        }
+        let body = String::from_utf8_lossy(request.body);
+        let answer = |status: u16, body: Vec<u8>| PeerAnswer {
+            status,
+            content_type: "application/xml",
+            body,
+        };
+        Some(match parse_result_notification(&body) {
+            Ok(notification) => {
+                let accepted = notification_response(&notification, 1000, "OK").unwrap_or_default();
+                PeerRequestOutcome::Received {
+                    message: notification.into_inbound(),
+                    answer: answer(200, accepted),
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "A result notification that does not parse");
+                PeerRequestOutcome::Invalid(answer(400, reason.into_bytes()))
+            }
+        })
     }
 
     /// The PPG answers HTTP (any answer but a refused login will do), within `timeout_ms`.

@@ -25,6 +25,8 @@ pub struct Push<'a> {
     pub created: &'a str,
     pub expires: Option<&'a str>,
     pub application_id: &'a str,
+    /// Where the PPG posts its result notification, if we ask for one.
+    pub notify_url: Option<&'a str>,
 }
 
 /// The PAP control document.
@@ -39,6 +41,9 @@ pub fn control_document(push: &Push<'_>) -> io::Result<Vec<u8>> {
         // The PPG drops the push once the request it carries has expired.
         if let Some(expires) = push.expires {
             message = message.with_attribute(("deliver-before-timestamp", expires));
+        }
+        if let Some(notify_url) = push.notify_url {
+            message = message.with_attribute(("ppg-notify-requested-to", notify_url));
         }
         message.write_inner_content(|writer| {
             writer
@@ -195,6 +200,7 @@ mod tests {
             created: "2026-12-02T10:00:00Z",
             expires: Some("2026-12-02T10:15:00Z"),
             application_id: "x-wap-application:wml.ua",
+            notify_url: None,
         }
     }
 

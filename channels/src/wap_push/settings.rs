@@ -29,6 +29,11 @@ pub struct WapPushSettings {
     /// push for good.
     #[serde(default = "default_fallback_after_s")]
     pub fallback_after_s: u64,
+    /// Where the PPG posts result notifications: this daemon's
+    /// `{http.public_url}/peers/wap_push/{token}`, with a long random token of the operator's
+    /// choosing. Unset, no notifications are asked for.
+    #[serde(default)]
+    pub notify_url: Option<Secret>,
 }
 
 impl WapPushSettings {
@@ -72,10 +77,25 @@ impl WapPushSettings {
             "must be between 100 and 60000",
         );
         problems.require(
+            self.notify_url
+                .as_ref()
+                .is_none_or(|url| notify_token(url.expose()).is_some()),
+            "notify_url",
+            "must be an http(s) URL ending in /peers/wap_push/ and a token of 32 to 128 letters, \
+             digits, - or _",
+        );
+        problems.require(
             self.fallback_after_s <= 86_400,
             "fallback_after_s",
             "must be at most 86400",
         );
+    }
+
+    /// The token result notifications must carry, if they are asked for.
+    pub fn notify_token(&self) -> Option<&str> {
+        self.notify_url
+            .as_ref()
+            .and_then(|url| notify_token(url.expose()))
     }
 
     /// The domain of every push address.
@@ -106,4 +126,18 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_fallback_after_s() -> u64 {
     0
+}
+
+/// The token at the end of a notify URL (`.../peers/wap_push/{token}`), if it is one.
+fn notify_token(url: &str) -> Option<&str> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
+        return None;
+    }
+    let (_, token) = url.rsplit_once("/peers/wap_push/")?;
+    let valid = (32..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+    valid.then_some(token)
 }
