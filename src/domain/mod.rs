@@ -4,6 +4,7 @@ mod identifiers;
 mod money;
 mod status;
 mod text;
+mod words;
 
 pub use identifiers::{Email, Language, Msisdn, Pin, ProcessCode};
 pub use money::{Currency, Minor, MoneyError};
@@ -11,6 +12,7 @@ pub use status::{
     ConfirmationKind, ConfirmationStatus, ProcessStatus, StepStatus, TopUpPolicyKind,
 };
 pub use text::{free_text, shortened, without_links};
+pub use words::amount_in_words;
 
 /// A validation failure of one input value, said so a person can fix it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -9,7 +9,9 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::rows::{CustomerRow, RetailerRow};
-use super::texts::{render, render_push, render_reply, render_sms, Reply, Text, TextFacts};
+use super::texts::{
+    render, render_push, render_reply, render_sms, render_voice, Reply, Text, TextFacts,
+};
 use super::EngineError;
 use crate::domain::Language;
 
@@ -47,6 +49,8 @@ pub struct PendingMessage {
     /// The text of a Service Indication, where it differs (short: it shares one SMS with
     /// its link).
     pub push_text: Option<String>,
+    /// What a voice call says, where it differs (amounts in words, which keys to press).
+    pub voice_text: Option<String>,
     pub language: Language,
     pub link: Option<Link>,
 }
@@ -107,6 +111,7 @@ impl Effects {
         let language = customer.language();
         let sms_text = render_sms(language, facts, &text, customer.pin_hash.is_some());
         let push_text = render_push(language, facts, &text);
+        let voice_text = render_voice(language, facts, &text, customer.pin_hash.is_some());
         self.messages.push(PendingMessage {
             recipient: Recipient::Customer {
                 customer: customer.clone(),
@@ -121,6 +126,7 @@ impl Effects {
             text: render(language, facts, &text),
             sms_text,
             push_text,
+            voice_text,
             language,
             link,
         });
@@ -152,6 +158,7 @@ impl Effects {
             text: render_reply(language, &reply),
             sms_text: None,
             push_text: None,
+            voice_text: None,
             language,
             link: None,
         });
@@ -177,6 +184,7 @@ impl Effects {
             text: render(Language::En, facts, &text),
             sms_text: None,
             push_text: None,
+            voice_text: None,
             language: Language::En,
             link: None,
         });
@@ -397,11 +405,13 @@ impl Effects {
                 }
             };
             for route in routes {
-                let text = match (route.intended, &message.sms_text, &message.push_text) {
-                    (ChannelName::Sms, Some(sms_text), _) => sms_text,
-                    (ChannelName::WapPush, _, Some(push_text)) => push_text,
-                    _ => &message.text,
+                let own_text = match route.intended {
+                    ChannelName::Sms => &message.sms_text,
+                    ChannelName::WapPush => &message.push_text,
+                    ChannelName::Voice => &message.voice_text,
+                    ChannelName::Email | ChannelName::Webhook | ChannelName::Console => &None,
                 };
+                let text = own_text.as_deref().unwrap_or(&message.text);
                 // A pushed request keeps the SMS that stands in for it if the PPG refuses.
                 let fallback_text = match (route.channel, channels.has(ChannelName::Sms)) {
                     (ChannelName::WapPush, true) => message.sms_text.as_deref(),

@@ -2,7 +2,7 @@
 //! service, the amount and the code (claims 7 and 11), and stays short enough for one SMS
 //! where it can.
 
-use crate::domain::{shortened, Language};
+use crate::domain::{amount_in_words, shortened, Currency, Language};
 
 /// What a message is about, with amounts already formatted.
 pub struct TextFacts<'a> {
@@ -194,6 +194,53 @@ pub fn render_push(language: Language, facts: &TextFacts<'_>, text: &Text<'_>) -
     Some(format!("{body} \"{}\"", shortened(context, room)))
 }
 
+/// The prompt a voice call speaks for a confirmation request: who asks, for what, and the
+/// amount in words (text-to-speech reads "twelve euros fifty" well and "12.50" badly), then
+/// what to key. Never a digit of the PIN. `None` for messages that are no request.
+pub fn render_voice(
+    language: Language,
+    facts: &TextFacts<'_>,
+    text: &Text<'_>,
+    pin_required: bool,
+) -> Option<String> {
+    let (amount, top_up) = match text {
+        Text::ConfirmationRequest { amount, .. } => (*amount, false),
+        Text::TopUpRequest { amount, .. } => (*amount, true),
+        _ => return None,
+    };
+    let spoken = spoken_amount(language, facts.currency, amount)?;
+    let retailer = facts.retailer;
+    let goods = shortened(&facts.context, VOICE_CONTEXT_CHARS_MAX);
+    let ask = match (language, top_up) {
+        (Language::En, false) => format!("{retailer} asks you to release {spoken} for {goods}."),
+        (Language::En, true) => format!("{retailer} asks for {spoken} more for {goods}."),
+        (Language::De, false) => {
+            format!("{retailer} bittet um Freigabe von {spoken} für {goods}.")
+        }
+        (Language::De, true) => format!("{retailer} bittet um weitere {spoken} für {goods}."),
+    };
+    let keys = match (language, pin_required) {
+        (Language::En, true) => "Please enter your PIN, then press the hash key.",
+        (Language::En, false) => "To approve, press 1. To decline, press 2.",
+        (Language::De, true) => "Bitte geben Sie Ihre PIN ein und drücken Sie dann die Rautetaste.",
+        (Language::De, false) => "Zum Freigeben drücken Sie die 1, zum Ablehnen die 2.",
+    };
+    Some(format!("{ask} {keys}"))
+}
+
+/// An amount as the API formats it ("12.50"), in words; exact, since the text has exactly
+/// the currency's decimals.
+fn spoken_amount(language: Language, currency: &str, amount: &str) -> Option<String> {
+    let currency = Currency::parse(currency).ok()?;
+    let minor = currency
+        .parse_amount(amount, rust_decimal::Decimal::MAX)
+        .ok()?;
+    Some(amount_in_words(language, currency, minor))
+}
+
+/// How much of the retailer's description a call reads out.
+pub const VOICE_CONTEXT_CHARS_MAX: usize = 60;
+
 /// The longest Service Indication text.
 pub const PUSH_TEXT_CHARS_MAX: usize = 60;
 
@@ -323,4 +370,82 @@ pub fn render_sms(
     };
     let context = shortened(context, SMS_CONTEXT_CHARS_MAX);
     Some(format!("{body} {}", quoted_context(language, &context)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>() -> TextFacts<'a> {
+        TextFacts {
+            retailer: "Garage Nord",
+            context: "Parking, level 2".into(),
+            code: "123456",
+            currency: "EUR",
+            description: None,
+            reference: None,
+        }
+    }
+
+    fn prompt(language: Language, amount: &str, pin_required: bool) -> String {
+        let text = Text::ConfirmationRequest {
+            amount,
+            url: "https://pay.test/c/x",
+        };
+        render_voice(language, &facts(), &text, pin_required).unwrap()
+    }
+
+    #[test]
+    fn the_voice_prompt_says_amounts_in_words_in_english() {
+        for (amount, words) in [
+            ("0.05", "five cents"),
+            ("1.00", "one euro"),
+            ("12.50", "twelve euros fifty"),
+            (
+                "1234.56",
+                "one thousand two hundred thirty-four euros fifty-six",
+            ),
+        ] {
+            assert_eq!(
+                prompt(Language::En, amount, true),
+                format!(
+                    "Garage Nord asks you to release {words} for Parking, level 2. \
+                     Please enter your PIN, then press the hash key."
+                )
+            );
+        }
+        assert!(prompt(Language::En, "12.50", false)
+            .ends_with("To approve, press 1. To decline, press 2."));
+    }
+
+    #[test]
+    fn the_voice_prompt_says_amounts_in_words_in_german() {
+        for (amount, words) in [
+            ("0.05", "fünf Cent"),
+            ("1.00", "ein Euro"),
+            ("12.50", "zwölf Euro fünfzig"),
+            (
+                "1234.56",
+                "eintausendzweihundertvierunddreißig Euro sechsundfünfzig",
+            ),
+        ] {
+            assert_eq!(
+                prompt(Language::De, amount, true),
+                format!(
+                    "Garage Nord bittet um Freigabe von {words} für Parking, level 2. \
+                     Bitte geben Sie Ihre PIN ein und drücken Sie dann die Rautetaste."
+                )
+            );
+        }
+        assert!(prompt(Language::De, "12.50", false).ends_with("zum Ablehnen die 2."));
+    }
+
+    #[test]
+    fn a_prompt_shows_no_digits_of_the_amount() {
+        let spoken = prompt(Language::En, "1234.56", true);
+        assert!(
+            !spoken.contains("1234") && !spoken.contains("56"),
+            "{spoken}"
+        );
+    }
 }

@@ -12,7 +12,37 @@ on_both_databases!(
     every_message_names_the_retailer_and_the_goods,
     a_summary_receipt_policy_sends_one_receipt_on_release_and_one_on_close,
     the_retailer_is_told_before_an_idle_release_expires,
+    a_request_meant_for_a_call_says_the_amount_in_words,
 );
+
+/// Without a voice channel configured, the console shows what a call would say.
+async fn a_request_meant_for_a_call_says_the_amount_in_words(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": "+491801000009", "pin": PIN, "language": "de",
+               "preferred_channel": "voice"}),
+        "5000.00",
+    )
+    .await;
+    let process = app
+        .open_process(&retailer, eur_process("+491801000009", "1234.56"))
+        .await;
+    let process_id = process["id"].as_str().unwrap().to_string();
+    let request = app
+        .wait_for_messages(1, |m| {
+            m["kind"] == "confirmation_request" && m["process_id"] == process_id.as_str()
+        })
+        .await
+        .remove(0);
+    assert_eq!(request["intended_channel"], "voice");
+    assert_eq!(
+        request["text"],
+        "Garage Nord bittet um Freigabe von eintausendzweihundertvierunddreißig Euro \
+         sechsundfünfzig für Parking, level 2. Bitte geben Sie Ihre PIN ein und drücken Sie \
+         dann die Rautetaste."
+    );
+}
 
 async fn customer_messages_go_to_the_stored_address_unless_the_retailer_asks_for_another_channel(
     db: Db,
