@@ -41,7 +41,7 @@ fi
 chromium --version
 chromedriver --version
 
-say "Python peers (webhook receiver, SMTP server, schemathesis)"
+say "Python peers (webhook receiver, SMTP server, voice platform, schemathesis)"
 # The receiver verifies signatures with an independent Standard Webhooks implementation.
 python3 -c 'import standardwebhooks' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'standardwebhooks==1.1.0'
@@ -51,6 +51,10 @@ python3 -c 'import aiosmtpd' 2>/dev/null ||
 # The OpenAPI document is checked against the API by an independent tester.
 python3 -c 'import schemathesis' 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
+# The voice platform stand-in signs its requests with the official twilio package.
+python3 -c 'import twilio' 2>/dev/null ||
+    python3 -m pip install --quiet --disable-pip-version-check 'twilio==9.13.0'
+python3 -c 'import twilio; print("twilio", twilio.__version__)'
 python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'
 python3 -c 'import standardwebhooks; print("standardwebhooks", standardwebhooks.__name__, "ready")'
 python3 -c 'import schemathesis; print("schemathesis", schemathesis.__version__)'

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use paystep_channels::console::ConsoleSettings;
 use paystep_channels::email::EmailSettings;
 use paystep_channels::sms::SmsSettings;
+use paystep_channels::voice::{Dialect, VoiceSettings};
 use paystep_channels::wap_push::WapPushSettings;
 use paystep_channels::webhook::WebhookSettings;
 use paystep_channels::Problems;
@@ -213,6 +214,9 @@ pub struct ChannelSettings {
     /// Service Indications through a Push Proxy Gateway; absent means no WAP push channel.
     #[serde(default)]
     pub wap_push: Option<WapPushSettings>,
+    /// Synthetic voice calls through a voice platform; absent means no voice channel.
+    #[serde(default)]
+    pub voice: Option<VoiceSettings>,
 }
 
 impl ChannelSettings {
@@ -233,6 +237,16 @@ impl ChannelSettings {
         if let Some(wap_push) = &self.wap_push {
             problems.under("channels.wap_push", |problems| wap_push.validate(problems));
         }
+        if let Some(voice) = &self.voice {
+            problems.under("channels.voice", |problems| {
+                voice.validate(problems);
+                problems.require(
+                    voice.dialect == Dialect::Twiml,
+                    "dialect",
+                    "voicexml is not served yet; use twiml",
+                );
+            });
+        }
     }
 
     /// The slowest send of each configured channel with a remote peer, in milliseconds.
@@ -249,6 +263,9 @@ impl ChannelSettings {
         }
         if let Some(wap_push) = &self.wap_push {
             attempts.push(("channels.wap_push", wap_push.attempt_ms_max()));
+        }
+        if let Some(voice) = &self.voice {
+            attempts.push(("channels.voice", voice.attempt_ms_max()));
         }
         attempts
     }

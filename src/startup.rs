@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use paystep_channels::email::EmailChannel;
 use paystep_channels::sms::SmsChannel;
+use paystep_channels::voice::VoiceChannel;
 use paystep_channels::wap_push::WapPushChannel;
 use paystep_channels::webhook::WebhookChannel;
 use paystep_channels::{Channel, ChannelName, InboundSink};
@@ -60,6 +61,9 @@ pub fn configured_channels(settings: &Settings) -> ChannelAvailability {
     if channels.wap_push.is_some() {
         names.push(ChannelName::WapPush);
     }
+    if channels.voice.is_some() {
+        names.push(ChannelName::Voice);
+    }
     ChannelAvailability::new(names)
 }
 
@@ -85,6 +89,12 @@ pub fn build_channels(
     }
     if let Some(wap_push) = &channels.wap_push {
         add(Arc::new(WapPushChannel::new(wap_push)?));
+    }
+    if let Some(voice) = &channels.voice {
+        add(Arc::new(VoiceChannel::new(
+            voice,
+            &settings.http.public_url,
+        )?));
     }
     if let Some(sms) = &channels.sms {
         add(Arc::new(SmsChannel::start(sms.clone(), inbound)?));

@@ -9,6 +9,7 @@
 pub mod console;
 pub mod email;
 pub mod sms;
+pub mod voice;
 pub mod wap_push;
 pub mod webhook;
 

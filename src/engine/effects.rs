@@ -412,9 +412,12 @@ impl Effects {
                     ChannelName::Email | ChannelName::Webhook | ChannelName::Console => &None,
                 };
                 let text = own_text.as_deref().unwrap_or(&message.text);
-                // A pushed request keeps the SMS that stands in for it if the PPG refuses.
+                // A pushed or called request keeps the SMS that stands in for it if the push
+                // or the call fails for good.
                 let fallback_text = match (route.channel, channels.has(ChannelName::Sms)) {
-                    (ChannelName::WapPush, true) => message.sms_text.as_deref(),
+                    (ChannelName::WapPush | ChannelName::Voice, true) => {
+                        message.sms_text.as_deref()
+                    }
                     _ => None,
                 };
                 outbox.push(OutboxRow {

@@ -17,6 +17,7 @@ use super::texts::Reply;
 use super::{random_secret, Engine, EngineError};
 use crate::clock::format_ms;
 use crate::domain::{ConfirmationKind, Language, Msisdn, ProcessCode};
+use crate::outbox::fallback;
 
 /// The core as channels see it.
 pub struct CoreInbound(pub Arc<Engine>);
@@ -490,21 +491,49 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         tracing::info!(channel = %channel, remote_id, state, "Delivery receipt");
-        // A push the PPG could not deliver: the SMS that stands in for it goes instead.
-        let push_failed = matches!(
-            state,
-            "UNDELIVERABLE" | "EXPIRED" | "REJECTED" | "ABORTED" | "TIMEOUT" | "CANCELLED"
-        );
-        if channel == ChannelName::WapPush && push_failed {
-            if let Some(fallback) = self.channels.deliver_on(ChannelName::Sms) {
-                crate::outbox::fallback::queue_fallback_for_push(
-                    conn,
-                    remote_id,
-                    fallback,
-                    self.now_ms(),
-                )
-                .await?;
+        self.after_receipt(conn, channel, remote_id, state).await
+    }
+
+    /// What a report on a push or a call sets off: a busy or unanswered call is placed again
+    /// (`channels.voice.busy_retries`, `busy_retry_delay_s`); a push that will not arrive, a
+    /// call that failed or was never taken, goes by SMS instead, once.
+    async fn after_receipt(
+        &self,
+        conn: &mut AnyConnection,
+        channel: ChannelName,
+        remote_id: &str,
+        state: &str,
+    ) -> Result<(), EngineError> {
+        let failed = match channel {
+            ChannelName::WapPush => matches!(
+                state,
+                "UNDELIVERABLE" | "EXPIRED" | "REJECTED" | "ABORTED" | "TIMEOUT" | "CANCELLED"
+            ),
+            ChannelName::Voice => matches!(state, "BUSY" | "NO-ANSWER" | "FAILED"),
+            _ => false,
+        };
+        if !failed {
+            return Ok(());
+        }
+        let Some((position, sent)) = fallback::message_of_remote(conn, channel, remote_id).await?
+        else {
+            return Ok(());
+        };
+        let now_ms = self.now_ms();
+        if let (ChannelName::Voice, "BUSY" | "NO-ANSWER", Some(voice)) =
+            (channel, state, &self.settings.channels.voice)
+        {
+            if sent <= i64::from(voice.busy_retries) {
+                let delay_ms = i64::try_from(voice.busy_retry_delay_s.saturating_mul(1000))
+                    .unwrap_or(i64::MAX);
+                let why = format!("the call was {}; calling again", state.to_ascii_lowercase());
+                if fallback::send_again(conn, position, now_ms, delay_ms, &why).await? {
+                    return Ok(());
+                }
             }
+        }
+        if let Some(sms) = self.channels.deliver_on(ChannelName::Sms) {
+            fallback::queue_fallback(conn, position, sms, now_ms).await?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ mod step;
 pub mod texts;
 mod txn;
 pub mod views;
+mod voice;
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ pub use operator::{CustomerSummary, NewCustomer, NewRetailer, RetailerCredential
 pub use pin::VerifiedPin;
 pub use process::{CustomerRef, NewProcess, TopUpPolicy};
 pub use step::{NewStep, StepOutcome};
+pub use voice::{CallBinding, VoiceCall};
 
 use crate::clock::SharedClock;
 use crate::config::Settings;

@@ -99,31 +99,45 @@ impl Engine {
                 Some(customer)
             }
         };
-        let code = self.free_code(conn).await?;
         let process_id = uuid::Uuid::new_v4().to_string();
         let expires_at_ms = now_ms + self.settings.engine.confirmation_ttl_s * 1000;
-        sqlx::query(
-            "INSERT INTO processes (id, code, retailer_id, customer_id, status, currency, \
-             release_requested, description, reference, channel, top_up_policy, top_up_factor, \
-             inactivity_s, created_at_ms, updated_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, 'awaiting_confirmation', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)",
-        )
-        .bind(&process_id)
-        .bind(code.as_str())
-        .bind(&retailer.id)
-        .bind(customer.as_ref().map(|customer| customer.id.as_str()))
-        .bind(request.currency.code())
-        .bind(request.release)
-        .bind(request.description.as_deref())
-        .bind(request.reference.as_deref())
-        .bind(request.channel.map(|channel| channel.as_str()))
-        .bind(request.top_up.kind.as_str())
-        .bind(request.top_up.factor.normalize().to_string())
-        .bind(request.inactivity_s)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .execute(&mut *conn)
-        .await?;
+        // A code free when looked at may be taken by a concurrent open that commits first
+        // (PostgreSQL): the insert then does nothing, and another code is tried.
+        let mut inserted = false;
+        for _ in 0..CODE_ATTEMPTS_MAX {
+            let code = self.free_code(conn).await?;
+            inserted = sqlx::query(
+                "INSERT INTO processes (id, code, retailer_id, customer_id, status, currency, \
+                 release_requested, description, reference, channel, top_up_policy, top_up_factor, \
+                 inactivity_s, created_at_ms, updated_at_ms, expires_at_ms) \
+                 VALUES ($1, $2, $3, $4, 'awaiting_confirmation', $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14) \
+                 ON CONFLICT (code) WHERE status IN ('awaiting_confirmation', 'active') DO NOTHING",
+            )
+            .bind(&process_id)
+            .bind(code.as_str())
+            .bind(&retailer.id)
+            .bind(customer.as_ref().map(|customer| customer.id.as_str()))
+            .bind(request.currency.code())
+            .bind(request.release)
+            .bind(request.description.as_deref())
+            .bind(request.reference.as_deref())
+            .bind(request.channel.map(|channel| channel.as_str()))
+            .bind(request.top_up.kind.as_str())
+            .bind(request.top_up.factor.normalize().to_string())
+            .bind(request.inactivity_s)
+            .bind(now_ms)
+            .bind(expires_at_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            if inserted {
+                break;
+            }
+        }
+        if !inserted {
+            return Err(EngineError::CodeSpaceExhausted);
+        }
         let mut process =
             rows::load_process(conn, &process_id)
                 .await?

@@ -10,6 +10,7 @@ mod page;
 mod peers;
 mod retailer;
 pub mod throttle;
+mod voice;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,15 @@ pub fn router(state: AppState) -> Router {
                 .layer(axum::middleware::map_response(page::protective_headers)),
         )
         .route("/peers/{channel}/{token}", post(peers::receive))
+        .route("/voice/twiml/calls/{message_id}", post(voice::script))
+        .route(
+            "/voice/twiml/calls/{message_id}/answer",
+            post(voice::answer),
+        )
+        .route(
+            "/voice/twiml/calls/{message_id}/status",
+            post(voice::status),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi));

@@ -19,8 +19,7 @@ use super::throttle::{ClientAddress, Guess, RetryAfter};
 use super::AppState;
 use crate::clock::format_ms;
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language};
-use crate::engine::{Answer, AnswerOutcome, ConfirmationPage, EngineError};
-use crate::store::WriteFuture;
+use crate::engine::{AnswerOutcome, ConfirmationPage, EngineError};
 
 /// Tokens are 43 characters of URL-safe base64; anything far off is refused unread.
 const TOKEN_LENGTH_MAX: usize = 128;
@@ -465,33 +464,10 @@ async fn submit(
     approve: bool,
     pin: Option<String>,
 ) -> Result<Option<AnswerOutcome>, EngineError> {
-    let engine = &state.engine;
-    let verified = match approve {
-        true => engine.verify_pin_for_token(token, pin.as_deref()).await?,
-        false => None,
-    };
-    let answer = Answer {
-        approve,
-        pin,
-        channel: ChannelName::Console,
-        verified,
-    };
-    // Through Store::write: the answer shares its commit with concurrent writes, and the
-    // commit wakes the dispatcher for the receipts it queued.
-    let (writer, token) = (engine.clone(), token.to_string());
-    let answered = engine
-        .store
-        .write(
-            move |conn| -> WriteFuture<'_, Result<AnswerOutcome, EngineError>> {
-                Box::pin(async move { writer.answer_by_token(conn, &token, answer).await })
-            },
-        )
-        .await;
-    match answered {
-        Ok(outcome) => Ok(Some(outcome)),
-        Err(EngineError::NotFound(_)) => Ok(None),
-        Err(error) => Err(error),
-    }
+    state
+        .engine
+        .answer_token(token, approve, pin, ChannelName::Console)
+        .await
 }
 
 /// The page after an answer: what happened, with the status that says it.

@@ -558,7 +558,7 @@ async fn queue_overdue_fallbacks(
 ) -> Result<(), StoreError> {
     let due: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT o.position FROM outbox o WHERE o.fallback_text IS NOT NULL \
-         AND o.created_at_ms <= $1 AND {REQUEST_STILL_OPEN} ORDER BY o.created_at_ms LIMIT $3"
+         AND o.channel = 'wap_push' AND o.created_at_ms <= $1 AND {REQUEST_STILL_OPEN} ORDER BY o.created_at_ms LIMIT $3"
     ))
     .bind(now_ms - after_ms)
     .bind(now_ms)

@@ -63,22 +63,55 @@ pub(crate) async fn queue_fallback(
     Ok(())
 }
 
-/// The same, for the push a PPG reported on under `push_id` (its remote id).
-pub(crate) async fn queue_fallback_for_push(
+/// The outbox message a peer reported on under `remote_id` (a PAP push-id, a CallSid): its
+/// position, and how many times it was sent under an id of this channel.
+pub(crate) async fn message_of_remote(
     conn: &mut AnyConnection,
-    push_id: &str,
     channel: ChannelName,
-    now_ms: i64,
-) -> Result<(), StoreError> {
+    remote_id: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
     let position: Option<i64> = sqlx::query_scalar(
         "SELECT o.position FROM outbox_remote_ids i JOIN outbox o ON o.id = i.outbox_id \
-         WHERE i.channel = 'wap_push' AND i.remote_id = $1",
+         WHERE i.channel = $1 AND i.remote_id = $2",
     )
-    .bind(push_id)
+    .bind(channel.as_str())
+    .bind(remote_id)
     .fetch_optional(&mut *conn)
     .await?;
-    match position {
-        Some(position) => queue_fallback(conn, position, channel, now_ms).await,
-        None => Ok(()),
-    }
+    let Some(position) = position else {
+        return Ok(None);
+    };
+    let sent: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox_remote_ids i JOIN outbox o ON o.id = i.outbox_id \
+         WHERE o.position = $1 AND i.channel = $2",
+    )
+    .bind(position)
+    .bind(channel.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Some((position, sent)))
+}
+
+/// Sends a delivered message again after `delay_ms` (a call that was busy), while its
+/// request is still open. Returns whether it was queued.
+pub(crate) async fn send_again(
+    conn: &mut AnyConnection,
+    position: i64,
+    now_ms: i64,
+    delay_ms: i64,
+    why: &str,
+) -> Result<bool, StoreError> {
+    let queued = sqlx::query(&format!(
+        "UPDATE outbox SET status = 'queued', next_attempt_at_ms = $3, queued_at_ms = $2, \
+         last_error = $4 WHERE position = $1 AND status = 'delivered' AND EXISTS \
+         (SELECT 1 FROM outbox o WHERE o.position = $1 AND {REQUEST_STILL_OPEN})"
+    ))
+    .bind(position)
+    .bind(now_ms)
+    .bind(now_ms + delay_ms)
+    .bind(why)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(queued == 1)
 }

@@ -23,5 +23,6 @@ mod sms;
 mod sms_replies;
 mod sms_window;
 mod validation;
+mod voice;
 mod wap_push;
 mod webhooks;

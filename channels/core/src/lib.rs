@@ -85,6 +85,43 @@ pub trait Channel: Send + Sync {
     fn receive_from_peer(&self, _request: PeerRequest<'_>) -> Option<PeerRequestOutcome> {
         None
     }
+
+    /// Whether a voice platform's request is genuine (its signature over the URL it was sent
+    /// to and its form fields); `false` for adapters that place no calls.
+    fn authenticate_call_request(&self, _request: &CallRequest<'_>) -> bool {
+        false
+    }
+
+    /// The next step of a call, written in the platform's dialect (TwiML, VoiceXML); `None`
+    /// for adapters that place no calls.
+    fn render_call_step(&self, _step: &CallStep) -> Option<PeerAnswer> {
+        None
+    }
+}
+
+/// A request a voice platform made while a call runs: the full URL as the platform saw it,
+/// its form fields, and its signature header.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    pub url: &'a str,
+    pub fields: &'a [(String, String)],
+    pub signature: Option<&'a str>,
+}
+
+/// What a call does next, in words; the voice adapter writes it in its platform's dialect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStep {
+    /// Says `text`, then gathers keys (up to `#`, or one key when `one_key`) and posts them
+    /// to `answer_url`; says `no_input` and ends when nothing is keyed.
+    Ask {
+        text: String,
+        language: String,
+        answer_url: String,
+        one_key: bool,
+        no_input: String,
+    },
+    /// Says `text` and hangs up.
+    End { text: String, language: String },
 }
 
 /// A request a channel's peer made to the daemon.

@@ -1,0 +1,288 @@
+//! The voice channel: confirmation requests as synthetic voice calls, answered with DTMF.
+//!
+//! paystep asks the voice platform to place a call (`twiml`: Twilio's `Calls.json`, HTTP
+//! Basic); the platform then fetches the call's script from paystep
+//! (`{public_url}/voice/twiml/calls/{message id}`), speaks it, gathers keys and posts them
+//! back. The core serves those requests (`src/http/voice.rs`) and decides what the call says
+//! next; this adapter checks the platform's signatures and writes each step as TwiML.
+//!
+//! The `voicexml` dialect is read from the configuration but refused by `validate` until its
+//! scripts are served.
+
+mod settings;
+mod signature;
+pub mod twiml;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+
+use crate::{
+    constant_time_equal, CallRequest, CallStep, Channel, ChannelName, Delivery, HealthError,
+    OutboundMessage, PeerAnswer, Problems, SendError,
+};
+pub use settings::{Dialect, VoiceSettings};
+pub use signature::twilio_signature;
+
+/// The longest platform answer read.
+const RESPONSE_BODY_MAX_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VoiceSetupError {
+    #[error("invalid voice settings:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+pub struct VoiceChannel {
+    settings: VoiceSettings,
+    /// `http.public_url`: the base of the URLs the platform calls back.
+    public_url: String,
+    client: reqwest::Client,
+}
+
+// The settings' Debug redacts the auth token and the secret.
+impl std::fmt::Debug for VoiceChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceChannel")
+            .field("settings", &self.settings)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VoiceChannel {
+    pub fn new(
+        settings: &VoiceSettings,
+        public_url: &str,
+    ) -> Result<VoiceChannel, VoiceSetupError> {
+        let mut problems = Problems::new();
+        problems.under("channels.voice", |problems| {
+            settings.validate(problems);
+            problems.require(
+                settings.dialect == Dialect::Twiml,
+                "dialect",
+                "voicexml is not served yet; use twiml",
+            );
+        });
+        if !problems.is_empty() {
+            return Err(VoiceSetupError::Invalid(problems.into_vec()));
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .build()?;
+        Ok(VoiceChannel {
+            settings: settings.clone(),
+            public_url: public_url.trim_end_matches('/').to_string(),
+            client,
+        })
+    }
+
+    /// The script URL of the call that delivers `message_id`.
+    pub fn script_url(&self, message_id: &str) -> String {
+        format!("{}/voice/twiml/calls/{message_id}", self.public_url)
+    }
+
+    fn auth_token(&self) -> &str {
+        self.settings
+            .auth_token
+            .as_ref()
+            .map(|token| token.expose())
+            .unwrap_or_default()
+    }
+
+    async fn place_twiml_call(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
+        let api_url = self.settings.api_url.as_deref().unwrap_or_default();
+        let account_sid = self.settings.account_sid.as_deref().unwrap_or_default();
+        let url = format!(
+            "{}/2010-04-01/Accounts/{account_sid}/Calls.json",
+            api_url.trim_end_matches('/')
+        );
+        let script_url = self.script_url(&message.id);
+        let status_url = format!("{script_url}/status");
+        let form = [
+            ("To", message.to.as_str()),
+            ("From", self.settings.from.as_str()),
+            ("Url", script_url.as_str()),
+            ("Method", "POST"),
+            ("StatusCallback", status_url.as_str()),
+            ("StatusCallbackMethod", "POST"),
+        ];
+        let body = form
+            .iter()
+            .map(|(name, value)| format!("{name}={}", form_encode(value)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let response = self
+            .client
+            .post(url)
+            .basic_auth(account_sid, Some(self.auth_token()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| {
+                SendError::Retriable(format!("the voice platform did not answer: {error}"))
+            })?;
+        let status = response.status();
+        let answer = bounded_body(response).await;
+        let reason = format!("the voice platform answered {status}: {answer}");
+        match classify_status(status) {
+            Verdict::Accepted => {
+                let sid = serde_json::from_str::<serde_json::Value>(&answer)
+                    .ok()
+                    .and_then(|call| call["sid"].as_str().map(str::to_string));
+                Ok(Delivery { remote_id: sid })
+            }
+            Verdict::Retriable => Err(SendError::Retriable(reason)),
+            Verdict::Permanent => Err(SendError::Permanent(reason)),
+        }
+    }
+}
+
+/// What the platform's answer to a call request means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Retriable,
+    Permanent,
+}
+
+/// Every status is named, so that a new one is classed on purpose.
+pub fn classify_status(status: StatusCode) -> Verdict {
+    match status.as_u16() {
+        200..=299 => Verdict::Accepted,
+        // Credentials refused, or too many calls at once: an operator or time fixes these.
+        401 | 403 | 408 | 429 => Verdict::Retriable,
+        // The call as asked will never be placed: a number the platform refuses (Twilio
+        // answers 400 with code 21211), an unknown account resource.
+        400 | 402 | 404..=407 | 409..=428 | 430..=499 => Verdict::Permanent,
+        500..=599 => Verdict::Retriable,
+        0..=199 | 300..=399 | 600..=u16::MAX => Verdict::Retriable,
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn bounded_body(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = RESPONSE_BODY_MAX_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= RESPONSE_BODY_MAX_BYTES {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[async_trait]
+impl Channel for VoiceChannel {
+    fn name(&self) -> ChannelName {
+        ChannelName::Voice
+    }
+
+    async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
+        match self.settings.dialect {
+            Dialect::Twiml => self.place_twiml_call(message).await,
+            Dialect::Voicexml => Err(SendError::Permanent(
+                "the voicexml dialect is not served yet".into(),
+            )),
+        }
+    }
+
+    /// The platform knows the account and takes our login, within `timeout_ms`.
+    async fn health_check(&self) -> Result<(), HealthError> {
+        let unhealthy = |reason: String| HealthError {
+            channel: ChannelName::Voice,
+            reason,
+        };
+        let api_url = self.settings.api_url.as_deref().unwrap_or_default();
+        let account_sid = self.settings.account_sid.as_deref().unwrap_or_default();
+        let url = format!(
+            "{}/2010-04-01/Accounts/{account_sid}.json",
+            api_url.trim_end_matches('/')
+        );
+        let response = self
+            .client
+            .get(url)
+            .basic_auth(account_sid, Some(self.auth_token()))
+            .send()
+            .await
+            .map_err(|error| {
+                unhealthy(format!(
+                    "the voice platform at {api_url} does not answer: {error}"
+                ))
+            })?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(unhealthy(format!(
+                "the voice platform refuses channels.voice.account_sid and auth_token (HTTP {})",
+                response.status()
+            ))),
+            status => Err(unhealthy(format!(
+                "the voice platform answered HTTP {status} for the account"
+            ))),
+        }
+    }
+
+    fn authenticate_call_request(&self, request: &CallRequest<'_>) -> bool {
+        let Some(signature) = request.signature else {
+            return false;
+        };
+        let expected = twilio_signature(self.auth_token(), request.url, request.fields);
+        constant_time_equal(signature.as_bytes(), expected.as_bytes())
+    }
+
+    fn render_call_step(&self, step: &CallStep) -> Option<PeerAnswer> {
+        let body = twiml::render(step).ok()?;
+        Some(PeerAnswer {
+            status: 200,
+            content_type: "application/xml",
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classed() {
+        for (status, verdict) in [
+            (201, Verdict::Accepted),
+            (400, Verdict::Permanent),
+            (404, Verdict::Permanent),
+            (401, Verdict::Retriable),
+            (429, Verdict::Retriable),
+            (503, Verdict::Retriable),
+        ] {
+            assert_eq!(
+                classify_status(StatusCode::from_u16(status).unwrap()),
+                verdict,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn form_values_are_encoded() {
+        assert_eq!(form_encode("+49 30/x?a=b&c"), "%2B49+30%2Fx%3Fa%3Db%26c");
+    }
+}

@@ -1,0 +1,375 @@
+//! The voice platform's requests during a call (`twiml` dialect): the call's script, the
+//! keys the caller pressed, and the call's status. Every request must carry a valid
+//! `X-Twilio-Signature` over the URL as the platform saw it (`http.public_url` and the path,
+//! so it holds behind a reverse proxy) and its form fields; otherwise 403 and nothing
+//! changes. A call's URLs serve the first call that fetched its script, and no more answers
+//! once the call said its last word.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use paystep_channel_core::{
+    CallRequest, CallStep, Channel, ChannelName, InboundMessage, PeerAnswer,
+};
+
+use super::AppState;
+use crate::domain::{ConfirmationStatus, Language};
+use crate::engine::{AnswerOutcome, CallBinding, VoiceCall};
+
+type Fields = Vec<(String, String)>;
+
+/// What calls say besides the request itself.
+struct Words {
+    silence: &'static str,
+    goodbye_silent: &'static str,
+    one_or_two: &'static str,
+    approved: &'static str,
+    declined: &'static str,
+    wrong_pin: &'static str,
+    pin_tries: &'static str,
+    locked: &'static str,
+    answered: &'static str,
+    expired: &'static str,
+    insufficient: &'static str,
+}
+
+fn words(language: Language) -> Words {
+    match language {
+        Language::En => Words {
+            silence: "We did not hear a key.",
+            goodbye_silent: "We did not hear a key. Goodbye.",
+            one_or_two: "Please press 1 to approve or 2 to decline.",
+            approved: "Thank you. The amount is released. Goodbye.",
+            declined: "The request is declined. Goodbye.",
+            wrong_pin: "That PIN is not right. Please try again.",
+            pin_tries: "Too many wrong PINs. The request is declined. Goodbye.",
+            locked: "Too many wrong PINs. Please try again later. Goodbye.",
+            answered: "This request has already been answered. Goodbye.",
+            expired: "This request has expired. Goodbye.",
+            insufficient: "There is not enough credit for this amount. Goodbye.",
+        },
+        Language::De => Words {
+            silence: "Wir haben keine Taste gehört.",
+            goodbye_silent: "Wir haben keine Taste gehört. Auf Wiederhören.",
+            one_or_two: "Bitte drücken Sie die 1 zum Freigeben oder die 2 zum Ablehnen.",
+            approved: "Danke. Der Betrag ist freigegeben. Auf Wiederhören.",
+            declined: "Die Anfrage ist abgelehnt. Auf Wiederhören.",
+            wrong_pin: "Diese PIN stimmt nicht. Bitte versuchen Sie es noch einmal.",
+            pin_tries: "Zu viele falsche PINs. Die Anfrage ist abgelehnt. Auf Wiederhören.",
+            locked: "Zu viele falsche PINs. Bitte versuchen Sie es später. Auf Wiederhören.",
+            answered: "Diese Anfrage ist bereits beantwortet. Auf Wiederhören.",
+            expired: "Diese Anfrage ist abgelaufen. Auf Wiederhören.",
+            insufficient: "Das Guthaben reicht für diesen Betrag nicht. Auf Wiederhören.",
+        },
+    }
+}
+
+fn field<'a>(fields: &'a Fields, name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// The voice adapter, if this request is genuinely from its platform.
+fn authenticated(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    fields: &Fields,
+) -> Option<Arc<dyn Channel>> {
+    let adapter = state.peer_channels.get(&ChannelName::Voice)?.clone();
+    let path = uri
+        .path_and_query()
+        .map_or(uri.path(), |path| path.as_str());
+    let url = format!("{}{path}", state.engine.settings.http.public_url);
+    let signature = headers
+        .get("x-twilio-signature")
+        .and_then(|value| value.to_str().ok());
+    let request = CallRequest {
+        url: &url,
+        fields,
+        signature,
+    };
+    adapter
+        .authenticate_call_request(&request)
+        .then_some(adapter)
+}
+
+/// Why a platform's request gets no call step.
+#[derive(Debug)]
+enum Refusal {
+    /// Not this call's, or not genuine: nothing changes.
+    Forbidden,
+    NotFound(&'static str),
+    /// The database could not be reached; the platform may try again.
+    Unavailable,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Forbidden => (StatusCode::FORBIDDEN, "forbidden").into_response(),
+            Refusal::NotFound(what) => (StatusCode::NOT_FOUND, what).into_response(),
+            Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response(),
+        }
+    }
+}
+
+fn forbidden() -> Response {
+    Refusal::Forbidden.into_response()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Refusal {
+    tracing::error!(error = %error, "A voice request could not be served");
+    Refusal::Unavailable
+}
+
+fn render(adapter: &dyn Channel, step: CallStep) -> Response {
+    match adapter.render_call_step(&step) {
+        Some(PeerAnswer {
+            status,
+            content_type,
+            body,
+        }) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            [(CONTENT_TYPE, content_type)],
+            body,
+        )
+            .into_response(),
+        None => unavailable("the voice adapter writes no call steps").into_response(),
+    }
+}
+
+/// The call for this request, bound on first use; `Err` answers the platform at once.
+async fn call_of(
+    state: &AppState,
+    message_id: &str,
+    fields: &Fields,
+) -> Result<VoiceCall, Refusal> {
+    let call_sid = field(fields, "CallSid").unwrap_or_default();
+    if call_sid.is_empty() {
+        return Err(Refusal::Forbidden);
+    }
+    match state.engine.bind_call(message_id, call_sid).await {
+        Ok(CallBinding::Bound(call)) => Ok(call),
+        Ok(CallBinding::Unknown) => Err(Refusal::NotFound("no such call")),
+        Ok(CallBinding::OtherCall) => {
+            tracing::warn!(
+                message_id,
+                "A second call tried the URLs of a voice message"
+            );
+            Err(Refusal::Forbidden)
+        }
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
+fn answer_url(state: &AppState, message_id: &str) -> String {
+    format!(
+        "{}/voice/twiml/calls/{message_id}/answer",
+        state.engine.settings.http.public_url
+    )
+}
+
+/// `POST /voice/twiml/calls/{message_id}`: the call's script.
+pub async fn script(
+    State(state): State<AppState>,
+    Path(message_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let call = match call_of(&state, &message_id, &fields).await {
+        Ok(call) => call,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let step = match ask(&state, &message_id, &call, None).await {
+        Ok(step) => step,
+        Err(refusal) => return refusal.into_response(),
+    };
+    render(adapter.as_ref(), step)
+}
+
+/// Asks for keys, with `before` said first; or ends the call when the request is no longer
+/// open.
+async fn ask(
+    state: &AppState,
+    message_id: &str,
+    call: &VoiceCall,
+    before: Option<&str>,
+) -> Result<CallStep, Refusal> {
+    let words = words(call.language);
+    let page = async {
+        let mut conn = state.engine.store.reader().acquire().await?;
+        state.engine.confirmation_page(&mut conn, &call.token).await
+    }
+    .await
+    .map_err(unavailable)?;
+    let Some(page) = page else {
+        return Err(Refusal::NotFound("no such request"));
+    };
+    let end = |text: &str| CallStep::End {
+        text: text.to_string(),
+        language: call.language.as_str().to_string(),
+    };
+    Ok(match page.status {
+        ConfirmationStatus::Pending if page.expires_at_ms <= state.engine.now_ms() => {
+            end(words.expired)
+        }
+        ConfirmationStatus::Pending => CallStep::Ask {
+            text: match before {
+                Some(before) => format!("{before} {}", call.prompt),
+                None => call.prompt.clone(),
+            },
+            language: call.language.as_str().to_string(),
+            answer_url: answer_url(state, message_id),
+            one_key: !page.pin_required,
+            no_input: words.goodbye_silent.to_string(),
+        },
+        ConfirmationStatus::Expired => end(words.expired),
+        ConfirmationStatus::Approved | ConfirmationStatus::Declined => end(words.answered),
+    })
+}
+
+/// `POST /voice/twiml/calls/{message_id}/answer`: the keys the caller pressed.
+pub async fn answer(
+    State(state): State<AppState>,
+    Path(message_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let call = match call_of(&state, &message_id, &fields).await {
+        Ok(call) => call,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if call.finished {
+        // A replay of an answer to a call that has ended: nothing changes.
+        return forbidden();
+    }
+    let step = match next_step(&state, &message_id, &call, &fields).await {
+        Ok(step) => step,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if matches!(step, CallStep::End { .. }) {
+        if let Err(error) = state.engine.finish_call(&message_id).await {
+            return unavailable(error).into_response();
+        }
+    }
+    render(adapter.as_ref(), step)
+}
+
+/// What the call does after the caller's keys (or silence).
+async fn next_step(
+    state: &AppState,
+    message_id: &str,
+    call: &VoiceCall,
+    fields: &Fields,
+) -> Result<CallStep, Refusal> {
+    let words = words(call.language);
+    let digits = field(fields, "Digits").unwrap_or_default().trim();
+    if digits.is_empty() {
+        let silences = state
+            .engine
+            .note_no_input(message_id)
+            .await
+            .map_err(unavailable)?;
+        // Silence once: ask again. Twice: end politely; the request stays open until it
+        // expires, for another channel or a later call.
+        return if silences >= 2 {
+            Ok(CallStep::End {
+                text: words.goodbye_silent.to_string(),
+                language: call.language.as_str().to_string(),
+            })
+        } else {
+            ask(state, message_id, call, Some(words.silence)).await
+        };
+    }
+    let page_pin_required = {
+        let mut conn = state
+            .engine
+            .store
+            .reader()
+            .acquire()
+            .await
+            .map_err(unavailable)?;
+        state
+            .engine
+            .confirmation_page(&mut conn, &call.token)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|page| page.pin_required)
+    };
+    let (approve, pin) = match (page_pin_required, digits) {
+        (true, digits) => (true, Some(digits.to_string())),
+        (false, "1") => (true, None),
+        (false, "2") => (false, None),
+        (false, _) => return ask(state, message_id, call, Some(words.one_or_two)).await,
+    };
+    let outcome = state
+        .engine
+        .answer_token(&call.token, approve, pin, ChannelName::Voice)
+        .await
+        .map_err(unavailable)?;
+    let end = |text: &str| {
+        Ok(CallStep::End {
+            text: text.to_string(),
+            language: call.language.as_str().to_string(),
+        })
+    };
+    match outcome {
+        None => Err(Refusal::NotFound("no such request")),
+        Some(AnswerOutcome::Approved) => end(words.approved),
+        Some(AnswerOutcome::Declined) => end(words.declined),
+        Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. }) => {
+            ask(state, message_id, call, Some(words.wrong_pin)).await
+        }
+        Some(AnswerOutcome::PinTriesExceeded) => end(words.pin_tries),
+        Some(AnswerOutcome::LockedOut { .. }) => end(words.locked),
+        Some(AnswerOutcome::NotPending { .. }) => end(words.answered),
+        Some(AnswerOutcome::Expired) => end(words.expired),
+        Some(AnswerOutcome::InsufficientCredit) => end(words.insufficient),
+    }
+}
+
+/// `POST /voice/twiml/calls/{message_id}/status`: how the call went (`completed`, `busy`,
+/// `no-answer`, `failed`, `canceled`), recorded as the message's delivery state.
+pub async fn status(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if authenticated(&state, &uri, &headers, &fields).is_none() {
+        return forbidden();
+    }
+    let (Some(call_sid), Some(call_status)) =
+        (field(&fields, "CallSid"), field(&fields, "CallStatus"))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "CallSid and CallStatus are required",
+        )
+            .into_response();
+    };
+    let message = InboundMessage::DeliveryReceipt {
+        channel: ChannelName::Voice,
+        remote_id: call_sid.to_string(),
+        state: call_status.to_ascii_uppercase(),
+        error: None,
+    };
+    match state.engine.receive(message).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => unavailable(error).into_response(),
+    }
+}

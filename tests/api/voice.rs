@@ -1,0 +1,536 @@
+//! Voice calls end to end (`twiml` dialect) against a stand-in voice platform
+//! (`tests/peers/voice_platform.py`) that signs every request with the official `twilio`
+//! package: the call is placed, the platform fetches the script, keys go back, the request
+//! is answered through the same path as the page's.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use paystep_channels::voice::{Dialect, VoiceSettings};
+use quick_xml::events::Event;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{eventually, spawn_app_with, Db, TestApp, PIN, PUBLIC_URL};
+use crate::on_both_databases;
+use crate::sms::{sms_settings, Smsc};
+
+const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const AUTH_TOKEN: &str = "voice-auth-token-1234567890";
+const CUSTOMER: &str = "+491701112233";
+
+struct Platform {
+    port: u16,
+    http: reqwest::Client,
+    _child: Child,
+}
+
+impl Platform {
+    async fn start() -> Platform {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/voice_platform.py"
+            ))
+            .args(["--port", &port.to_string(), "--account-sid", ACCOUNT_SID])
+            .args(["--auth-token", AUTH_TOKEN])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the voice platform (scripts/test.sh installs twilio)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("the voice platform starts; scripts/test.sh installs the twilio package")
+            .unwrap();
+        assert_eq!(line.as_deref(), Some("listening"));
+        Platform {
+            port,
+            http: reqwest::Client::new(),
+            _child: child,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn control(&self, path: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{path}");
+        response.json().await.unwrap()
+    }
+
+    async fn calls(&self) -> Vec<Value> {
+        let calls: Value = self
+            .http
+            .get(self.url("/_calls"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        calls.as_array().unwrap().clone()
+    }
+
+    /// The platform's request and paystep's answer: (status, body).
+    async fn step(&self, path: &str, body: Value) -> (u16, String) {
+        let answer = self.control(path, body).await;
+        (
+            answer["status"].as_u64().unwrap() as u16,
+            answer["body"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+fn voice_settings(platform: &Platform) -> VoiceSettings {
+    VoiceSettings {
+        dialect: Dialect::Twiml,
+        api_url: Some(platform.url("")),
+        account_sid: Some(ACCOUNT_SID.to_string()),
+        auth_token: Some(AUTH_TOKEN.into()),
+        originate_url: None,
+        secret: None,
+        from: "+4930123456".to_string(),
+        timeout_ms: 5_000,
+        connect_timeout_ms: 1_000,
+        busy_retries: 2,
+        busy_retry_delay_s: 0,
+    }
+}
+
+async fn app_with_voice(db: Db, platform: &Platform) -> TestApp {
+    let voice = voice_settings(platform);
+    let app = spawn_app_with(db, move |settings| {
+        settings.channels.voice = Some(voice);
+    })
+    .await;
+    // The platform reaches the daemon behind the public URL, as through a reverse proxy.
+    platform
+        .control(
+            "/_control/route",
+            json!({"from": PUBLIC_URL, "to": app.address}),
+        )
+        .await;
+    app
+}
+
+/// One TwiML verb: its name, attributes and text.
+type Verb = (String, Vec<(String, String)>, String);
+
+/// The TwiML verbs of a document, in order, with their attributes and text; the document
+/// must be well-formed XML.
+fn verbs(twiml: &str) -> Vec<Verb> {
+    let mut reader = quick_xml::Reader::from_str(twiml);
+    let mut found: Vec<Verb> = Vec::new();
+    loop {
+        match reader
+            .read_event()
+            .unwrap_or_else(|error| panic!("not XML ({error}): {twiml}"))
+        {
+            Event::Start(element) | Event::Empty(element) => {
+                let attributes = element
+                    .attributes()
+                    .map(|attribute| {
+                        let attribute = attribute.unwrap();
+                        (
+                            String::from_utf8(attribute.key.as_ref().to_vec()).unwrap(),
+                            attribute.unescape_value().unwrap().into_owned(),
+                        )
+                    })
+                    .collect();
+                let name = String::from_utf8(element.name().as_ref().to_vec()).unwrap();
+                found.push((name, attributes, String::new()));
+            }
+            Event::Text(text) => {
+                if let Some(last) = found.last_mut() {
+                    last.2.push_str(&text.decode().unwrap());
+                }
+            }
+            Event::GeneralRef(reference) => {
+                if let Some(last) = found.last_mut() {
+                    last.2.push_str(match reference.decode().unwrap().as_ref() {
+                        "amp" => "&",
+                        "lt" => "<",
+                        "gt" => ">",
+                        "quot" => "\"",
+                        _ => "'",
+                    });
+                }
+            }
+            Event::Eof => return found,
+            _ => {}
+        }
+    }
+}
+
+fn attribute<'a>(verb: &'a Verb, name: &str) -> &'a str {
+    verb.1
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default()
+}
+
+fn said(twiml: &str) -> String {
+    verbs(twiml)
+        .into_iter()
+        .filter(|verb| verb.0 == "Say")
+        .map(|verb| verb.2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn wait_for_call(platform: &Platform, to: &str, nth: usize) -> Value {
+    let mut calls = Vec::new();
+    for _ in 0..300 {
+        calls = platform
+            .calls()
+            .await
+            .into_iter()
+            .filter(|call| call["to"] == to)
+            .collect();
+        if calls.len() >= nth {
+            return calls[nth - 1].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no call {nth} to {to}: {calls:#?}");
+}
+
+async fn a_voice_request_is_confirmed_by_keying_the_pin(db: Db) {
+    let platform = Platform::start().await;
+    let app = app_with_voice(db, &platform).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN, "preferred_channel": "voice"}),
+        "100.00",
+    )
+    .await;
+    let process = app
+        .open_process(
+            &retailer,
+            json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": "12.50",
+                   "description": "Parking, level 2"}),
+        )
+        .await;
+    let process_id = process["id"].as_str().unwrap();
+    let call = wait_for_call(&platform, CUSTOMER, 1).await;
+    let sid = call["sid"].as_str().unwrap();
+    assert_eq!(call["from"], "+4930123456");
+    assert_eq!(call["method"], "POST");
+    let script_url = call["url"].as_str().unwrap();
+    assert!(
+        script_url.starts_with(&format!("{PUBLIC_URL}/voice/twiml/calls/")),
+        "{call}"
+    );
+    assert_eq!(call["status_callback"], format!("{script_url}/status"));
+
+    // A request without a valid signature changes nothing: the call is not even bound.
+    let (status, _) = platform
+        .step("/_control/fetch", json!({"sid": sid, "tamper": true}))
+        .await;
+    assert_eq!(status, 403);
+
+    let (status, script) = platform.step("/_control/fetch", json!({"sid": sid})).await;
+    assert_eq!(status, 200, "{script}");
+    let script_verbs = verbs(&script);
+    let gather = script_verbs
+        .iter()
+        .find(|verb| verb.0 == "Gather")
+        .expect("a Gather");
+    assert_eq!(attribute(gather, "input"), "dtmf");
+    assert_eq!(attribute(gather, "finishOnKey"), "#");
+    assert_eq!(attribute(gather, "method"), "POST");
+    assert_eq!(attribute(gather, "action"), format!("{script_url}/answer"));
+    let say = script_verbs.iter().find(|verb| verb.0 == "Say").unwrap();
+    assert_eq!(attribute(say, "language"), "en-GB");
+    assert_eq!(
+        say.2,
+        "Garage Nord asks you to release twelve euros fifty for Parking, level 2. \
+         Please enter your PIN, then press the hash key."
+    );
+    assert!(!script.contains(PIN));
+
+    // Another call cannot use this call's URLs.
+    let (status, _) = platform
+        .step(
+            "/_control/fetch",
+            json!({"sid": sid, "call_sid": "CAffffffffffffffffffffffffffffffff"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // A wrong PIN asks again.
+    let (status, again) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": "0000"}))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        said(&again).starts_with("That PIN is not right. Please try again."),
+        "{again}"
+    );
+    assert_eq!(
+        app.process(&retailer, process_id).await["status"],
+        "awaiting_confirmation"
+    );
+
+    let (status, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": PIN}))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
+    assert!(verbs(&done).iter().any(|verb| verb.0 == "Hangup"));
+    assert_eq!(app.process(&retailer, process_id).await["status"], "active");
+
+    // The same answer replayed is refused and changes nothing.
+    let (status, _) = platform
+        .step("/_control/gather", json!({"sid": sid, "replay": true}))
+        .await;
+    assert_eq!(status, 403);
+
+    // The call's outcome is recorded on its message.
+    let (status, _) = platform
+        .step(
+            "/_control/status",
+            json!({"sid": sid, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    eventually(10, "the call's state is on its message", || async {
+        let listed = app.admin_get("/admin/v1/outbox?limit=100").await;
+        listed.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| {
+                message["channel"] == "voice" && message["delivery_state"] == "COMPLETED"
+            })
+    })
+    .await;
+    app.assert_ledger_holds().await;
+}
+
+async fn without_a_pin_one_approves_and_two_declines_and_silence_ends_politely(db: Db) {
+    let platform = Platform::start().await;
+    let app = app_with_voice(db, &platform).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Jonas", "msisdn": CUSTOMER, "language": "de", "preferred_channel": "voice"}),
+        "100.00",
+    )
+    .await;
+    let open = |release: &str| {
+        let (app, retailer) = (&app, &retailer);
+        let body = json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": release,
+                          "description": "Kaffee"});
+        async move { app.open_process(retailer, body).await }
+    };
+    let declined = open("1.00").await;
+    let call = wait_for_call(&platform, CUSTOMER, 1).await;
+    let sid = call["sid"].as_str().unwrap().to_string();
+    let (_, script) = platform.step("/_control/fetch", json!({"sid": sid})).await;
+    let gather = verbs(&script)
+        .into_iter()
+        .find(|verb| verb.0 == "Gather")
+        .unwrap();
+    assert_eq!(attribute(&gather, "numDigits"), "1");
+    assert_eq!(
+        said(&script),
+        "Garage Nord bittet um Freigabe von ein Euro für Kaffee. Zum Freigeben drücken Sie \
+         die 1, zum Ablehnen die 2. Wir haben keine Taste gehört. Auf Wiederhören."
+    );
+    // Another key asks which one; 2 declines.
+    let (_, which) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": "7"}))
+        .await;
+    assert!(
+        said(&which).starts_with("Bitte drücken Sie die 1"),
+        "{which}"
+    );
+    let (_, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": "2"}))
+        .await;
+    assert_eq!(said(&done), "Die Anfrage ist abgelehnt. Auf Wiederhören.");
+    assert_eq!(
+        app.process(&retailer, declined["id"].as_str().unwrap())
+            .await["status"],
+        "declined"
+    );
+
+    // Silence once asks again; twice ends the call and leaves the request open.
+    let silent = open("2.00").await;
+    let call = wait_for_call(&platform, CUSTOMER, 2).await;
+    let sid = call["sid"].as_str().unwrap().to_string();
+    platform.step("/_control/fetch", json!({"sid": sid})).await;
+    let (_, again) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": ""}))
+        .await;
+    assert!(
+        said(&again).starts_with("Wir haben keine Taste gehört. Garage Nord"),
+        "{again}"
+    );
+    let (_, bye) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": ""}))
+        .await;
+    assert_eq!(said(&bye), "Wir haben keine Taste gehört. Auf Wiederhören.");
+    assert_eq!(
+        app.process(&retailer, silent["id"].as_str().unwrap()).await["status"],
+        "awaiting_confirmation"
+    );
+
+    // 1 approves, on a third call.
+    let approved = open("3.00").await;
+    let call = wait_for_call(&platform, CUSTOMER, 3).await;
+    let sid = call["sid"].as_str().unwrap().to_string();
+    platform.step("/_control/fetch", json!({"sid": sid})).await;
+    let (_, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": "1"}))
+        .await;
+    assert_eq!(
+        said(&done),
+        "Danke. Der Betrag ist freigegeben. Auf Wiederhören."
+    );
+    assert_eq!(
+        app.process(&retailer, approved["id"].as_str().unwrap())
+            .await["status"],
+        "active"
+    );
+    app.assert_ledger_holds().await;
+}
+
+async fn a_number_the_platform_refuses_is_a_dead_letter(db: Db) {
+    let platform = Platform::start().await;
+    let app = app_with_voice(db, &platform).await;
+    platform
+        .control(
+            "/_control/refuse",
+            json!({"status": 400, "body": {"code": 21211, "message": "Invalid 'To' Phone Number"}}),
+        )
+        .await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN, "preferred_channel": "voice"}),
+        "100.00",
+    )
+    .await;
+    app.open_process(
+        &retailer,
+        json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": "5.00"}),
+    )
+    .await;
+    eventually(10, "the refused call is a dead letter", || async {
+        let dead = app.admin_get("/admin/v1/outbox?status=dead").await;
+        dead.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| {
+                message["channel"] == "voice"
+                    && message["last_error"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("21211")
+            })
+    })
+    .await;
+    assert_eq!(
+        app.admin_get("/admin/v1/outbox?status=dead").await.status,
+        StatusCode::OK
+    );
+}
+
+/// Busy, then no answer, then busy again: the call is placed three times, then the request
+/// goes by SMS, once; the outbox shows the call and the SMS that stands in for it.
+async fn a_busy_line_is_called_again_then_the_request_goes_by_sms(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let smsc = Smsc::start(dir.path()).await;
+    let platform = Platform::start().await;
+    let voice = voice_settings(&platform);
+    let smpp_port = smsc.smpp_port;
+    let app = spawn_app_with(db, move |settings| {
+        settings.channels.voice = Some(voice);
+        settings.channels.sms = Some(sms_settings(smpp_port));
+    })
+    .await;
+    platform
+        .control(
+            "/_control/route",
+            json!({"from": PUBLIC_URL, "to": app.address}),
+        )
+        .await;
+    smsc.wait_for_bind().await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN, "preferred_channel": "voice"}),
+        "100.00",
+    )
+    .await;
+    let process = app
+        .open_process(
+            &retailer,
+            json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": "12.50"}),
+        )
+        .await;
+    let process_id = process["id"].as_str().unwrap().to_string();
+    for (nth, outcome) in [(1, "busy"), (2, "no-answer"), (3, "busy")] {
+        let call = wait_for_call(&platform, CUSTOMER, nth).await;
+        let (status, _) = platform
+            .step(
+                "/_control/status",
+                json!({"sid": call["sid"], "status": outcome}),
+            )
+            .await;
+        assert_eq!(status, 204);
+    }
+    let code = process["code"].as_str().unwrap();
+    let texts = smsc
+        .wait_for_submits(CUSTOMER.trim_start_matches('+'), 1, |text| {
+            text.contains(&format!("YES {code}"))
+        })
+        .await;
+    assert_eq!(texts.len(), 1, "{texts:#?}");
+    let listed = app.admin_get("/admin/v1/outbox?limit=100").await;
+    let messages: Vec<Value> = listed.body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["process_id"] == process_id.as_str())
+        .cloned()
+        .collect();
+    let call = messages
+        .iter()
+        .find(|message| message["channel"] == "voice")
+        .expect("the call's message");
+    let sms: Vec<&Value> = messages
+        .iter()
+        .filter(|message| !message["fallback_for"].is_null())
+        .collect();
+    assert_eq!(sms.len(), 1, "{messages:#?}");
+    assert_eq!(sms[0]["fallback_for"], call["id"]);
+    assert_eq!(sms[0]["channel"], "sms");
+    assert_eq!(platform.calls().await.len(), 3, "three calls, no fourth");
+    assert_eq!(call["delivery_state"], "BUSY");
+}
+
+on_both_databases!(
+    a_busy_line_is_called_again_then_the_request_goes_by_sms,
+    a_voice_request_is_confirmed_by_keying_the_pin,
+    without_a_pin_one_approves_and_two_declines_and_silence_ends_politely,
+    a_number_the_platform_refuses_is_a_dead_letter,
+);

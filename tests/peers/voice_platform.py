@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""A stand-in for a Twilio-compatible voice platform, for paystep's voice tests.
+
+It takes call requests on the REST API as Twilio does (`POST /2010-04-01/Accounts/{sid}/
+Calls.json`, HTTP Basic account_sid:auth_token) and then, when the test says so, behaves
+like the platform during the call: fetches the call's script from its `Url`, follows the
+`<Gather>` with the keys the test gives, and posts status callbacks. Every request it makes
+is signed with `X-Twilio-Signature` computed by the official `twilio` package
+(RequestValidator.compute_signature), an implementation paystep shares no code with.
+
+    python3 voice_platform.py --port P --account-sid AC... --auth-token T
+
+Control API (JSON in and out):
+  GET  /2010-04-01/Accounts/{sid}.json  the account, for health checks (HTTP Basic)
+  GET  /_calls                       the calls requested so far
+  POST /_control/route {"from", "to"}  requests for URLs starting with `from` go to `to`
+                                     instead, signed for the URL as given (a reverse proxy)
+  POST /_control/refuse {"status", "body"}  the next call request gets this answer
+  POST /_control/fetch {"sid", "tamper"?, "call_sid"?}
+                                     POSTs to the call's Url; answers {"status", "body"}
+  POST /_control/gather {"sid", "digits", "tamper"?, "replay"?}
+                                     POSTs the keys to the last script's <Gather action>;
+                                     replay sends the previous gather request again
+  POST /_control/status {"sid", "status"}  POSTs the call's StatusCallback
+Prints `listening` when it accepts connections.
+"""
+
+import argparse
+import base64
+import itertools
+import json
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from twilio.request_validator import RequestValidator
+
+lock = threading.Lock()
+calls = {}
+order = []
+routes = []
+refusals = []
+numbers = itertools.count(1)
+
+
+def routed(url):
+    for prefix, target in routes:
+        if url.startswith(prefix):
+            return target + url[len(prefix):]
+    return url
+
+
+def post_signed(url, fields, token, tamper=False):
+    signature = RequestValidator(token).compute_signature(url, fields)
+    if tamper:
+        signature = RequestValidator(token + "x").compute_signature(url, fields)
+    request = urllib.request.Request(
+        routed(url),
+        data=urllib.parse.urlencode(fields).encode(),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": signature,
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError as error:
+        # Nothing answered at that URL: say so to the test instead of dying.
+        return 0, str(error)
+
+
+def call_fields(call, call_sid=None):
+    return {
+        "CallSid": call_sid or call["sid"],
+        "AccountSid": args.account_sid,
+        "From": call["from"],
+        "To": call["to"],
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+    }
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        length = int(self.headers.get("content-length", "0"))
+        return self.rfile.read(length) if length else b""
+
+    def authorized(self):
+        expected = base64.b64encode(f"{args.account_sid}:{args.auth_token}".encode()).decode()
+        return self.headers.get("authorization") == f"Basic {expected}"
+
+    def do_GET(self):
+        if self.path == f"/2010-04-01/Accounts/{args.account_sid}.json":
+            if not self.authorized():
+                return self.reply(401, {"code": 20003, "message": "Authenticate"})
+            return self.reply(200, {"sid": args.account_sid, "status": "active"})
+        if self.path == "/_calls":
+            with lock:
+                self.reply(200, [calls[sid] for sid in order])
+        else:
+            self.reply(404, {"message": "not found"})
+
+    def do_POST(self):
+        body = self.body()
+        path = self.path
+        if path == f"/2010-04-01/Accounts/{args.account_sid}/Calls.json":
+            return self.create_call(body)
+        if path.startswith("/2010-04-01/"):
+            return self.reply(404, {"code": 20404, "message": "not found"})
+        command = json.loads(body or b"{}")
+        if path == "/_control/route":
+            with lock:
+                routes.append((command["from"], command["to"]))
+            return self.reply(200, {})
+        if path == "/_control/refuse":
+            with lock:
+                refusals.append((command["status"], command.get("body", {})))
+            return self.reply(200, {})
+        with lock:
+            call = calls.get(command.get("sid"))
+        if call is None:
+            return self.reply(404, {"message": "no such call"})
+        if path == "/_control/fetch":
+            fields = call_fields(call, command.get("call_sid"))
+            status, text = post_signed(call["url"], fields, args.auth_token, command.get("tamper", False))
+            if status == 200:
+                call["script"] = text
+            return self.reply(200, {"status": status, "body": text})
+        if path == "/_control/gather":
+            if command.get("replay"):
+                url, fields = call["last_gather"]
+            else:
+                gather = ElementTree.fromstring(call["script"]).find("Gather")
+                url = gather.get("action")
+                fields = dict(call_fields(call), Digits=command["digits"])
+                call["last_gather"] = (url, fields)
+            status, text = post_signed(url, fields, args.auth_token, command.get("tamper", False))
+            if status == 200:
+                call["script"] = text
+            return self.reply(200, {"status": status, "body": text})
+        if path == "/_control/status":
+            fields = dict(call_fields(call), CallStatus=command["status"])
+            status, text = post_signed(call["status_callback"], fields, args.auth_token)
+            return self.reply(200, {"status": status, "body": text})
+        return self.reply(404, {"message": "unknown control"})
+
+    def create_call(self, body):
+        if not self.authorized():
+            return self.reply(401, {"code": 20003, "message": "Authenticate"})
+        with lock:
+            if refusals:
+                status, answer = refusals.pop(0)
+                return self.reply(status, answer)
+        form = dict(urllib.parse.parse_qsl(body.decode()))
+        sid = "CA%032x" % next(numbers)
+        call = {
+            "sid": sid,
+            "to": form.get("To"),
+            "from": form.get("From"),
+            "url": form.get("Url"),
+            "method": form.get("Method"),
+            "status_callback": form.get("StatusCallback"),
+            "script": None,
+        }
+        with lock:
+            calls[sid] = call
+            order.append(sid)
+        self.reply(201, {"sid": sid, "status": "queued", "to": call["to"], "from": call["from"]})
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--account-sid", required=True)
+    parser.add_argument("--auth-token", required=True)
+    args = parser.parse_args()
+    server = Server(("127.0.0.1", args.port), Handler)
+    print("listening", flush=True)
+    server.serve_forever()
