@@ -236,9 +236,10 @@ fn customer_route(
     kind: MessageKind,
 ) -> Result<Route, EngineError> {
     let mut wanted = requested.unwrap_or_else(|| customer.preferred_channel());
-    // A Service Indication is a link, not a receipt: only confirmation requests are pushed;
-    // the rest goes by SMS where it can (or the console standing in for it).
-    if wanted == ChannelName::WapPush
+    // A Service Indication is a link and a call is a question, not a receipt: only
+    // confirmation requests are pushed or called; the rest goes by SMS where it can (or the
+    // console standing in for it).
+    if matches!(wanted, ChannelName::WapPush | ChannelName::Voice)
         && kind != MessageKind::ConfirmationRequest
         && (channels.has(ChannelName::Sms) || channels.has(ChannelName::Console))
     {

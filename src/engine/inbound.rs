@@ -57,6 +57,20 @@ impl OpenRequest {
 
 /// Where an inbound message came from: the channel and the sender's address on it, which
 /// is where its replies go.
+/// What claiming a till code came to.
+#[derive(Debug)]
+pub enum TillClaim {
+    /// The sender is no registered customer: nothing changes.
+    UnknownSender,
+    NoSuchCode,
+    BadAmount(String),
+    Answered {
+        retailer_id: String,
+        code: String,
+        outcome: AnswerOutcome,
+    },
+}
+
 #[derive(Clone, Copy)]
 struct Origin<'a> {
     channel: ChannelName,
@@ -169,9 +183,10 @@ impl Engine {
                 // Only a code of a till process waiting for its customer is worth a hash.
                 let claimable: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM processes WHERE code = $1 \
-                     AND status = 'awaiting_confirmation' AND customer_id IS NULL",
+                     AND status = 'awaiting_confirmation' AND (customer_id IS NULL OR customer_id = $2)",
                 )
                 .bind(code)
+                .bind(&customer.id)
                 .fetch_one(&mut *conn)
                 .await?;
                 (customer, pin.as_ref().filter(|_| claimable > 0))
@@ -339,76 +354,154 @@ impl Engine {
         replies: &mut Effects,
     ) -> Result<(), EngineError> {
         let Origin { channel, from } = origin;
+        let (claim, language) = self.claim_till(conn, origin, code, amount, pin).await?;
+        match claim {
+            TillClaim::UnknownSender => {
+                replies.reply(channel, from, Language::En, None, Reply::Help);
+            }
+            TillClaim::NoSuchCode => {
+                replies.reply(channel, from, language, None, Reply::NoSuchCode { code });
+            }
+            TillClaim::BadAmount(reason) => replies.reply(
+                channel,
+                from,
+                language,
+                None,
+                Reply::BadAmount { reason: &reason },
+            ),
+            TillClaim::Answered {
+                retailer_id,
+                code,
+                outcome,
+            } => {
+                let about = ReplyAbout {
+                    retailer_id: &retailer_id,
+                    code: &code,
+                };
+                self.reply_to_outcome(channel, from, language, about, &outcome, replies);
+            }
+        }
+        Ok(())
+    }
+
+    /// A till code claimed by phone (claim 9 by phone): the same as `PAY <code> <PIN>` by
+    /// SMS, with the outcome returned for the call to say instead of a reply.
+    pub async fn pay_by_phone(
+        &self,
+        from: &str,
+        code: &str,
+        pin: Option<String>,
+    ) -> Result<(TillClaim, Language), EngineError> {
+        let message = InboundMessage::Pay {
+            channel: ChannelName::Voice,
+            from: from.to_string(),
+            code: code.to_string(),
+            amount: None,
+            pin: pin.clone(),
+        };
+        let verified = self.verify_sender_pin_ahead(&message).await?;
+        let mut tx = self.store.begin_write().await?;
+        let origin = Origin {
+            channel: ChannelName::Voice,
+            from,
+        };
+        let claimed = self
+            .claim_till(&mut tx, origin, code, None, PinAnswer { pin, verified })
+            .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// The customer behind a calling number, if registered: their language and whether
+    /// their answers need a PIN.
+    pub async fn phone_customer(
+        &self,
+        from: &str,
+    ) -> Result<Option<(Language, bool)>, EngineError> {
+        let mut conn = self.store.reader().acquire().await?;
+        Ok(self
+            .sender(&mut conn, from)
+            .await?
+            .map(|customer| (customer.language(), customer.pin_hash.is_some())))
+    }
+
+    /// Binds the till process with `code` to the sender and answers its request; a sender
+    /// who already claimed it and still owes the answer (a wrong PIN) answers it again.
+    async fn claim_till(
+        &self,
+        conn: &mut AnyConnection,
+        origin: Origin<'_>,
+        code: &str,
+        amount: Option<&str>,
+        pin: PinAnswer,
+    ) -> Result<(TillClaim, Language), EngineError> {
+        let Origin { channel, from } = origin;
         let PinAnswer { pin, verified } = pin;
         let Some(customer) = self.sender(conn, from).await? else {
-            replies.reply(channel, from, Language::En, None, Reply::Help);
-            return Ok(());
+            return Ok((TillClaim::UnknownSender, Language::En));
         };
         let language = customer.language();
-        let no_such_code = |replies: &mut Effects| {
-            replies.reply(channel, from, language, None, Reply::NoSuchCode { code });
-        };
         let Ok(code) = ProcessCode::parse(code) else {
-            no_such_code(replies);
-            return Ok(());
+            return Ok((TillClaim::NoSuchCode, language));
         };
         let process_id: Option<String> = sqlx::query_scalar(
             "SELECT id FROM processes WHERE code = $1 AND status = 'awaiting_confirmation' \
-             AND customer_id IS NULL",
+             AND (customer_id IS NULL OR customer_id = $2)",
         )
         .bind(code.as_str())
+        .bind(&customer.id)
         .fetch_optional(&mut *conn)
         .await?;
         let process = match process_id {
             Some(process_id) => rows::lock_process(conn, &process_id).await?,
             None => None,
         };
-        let Some(process) = process.filter(|process| process.customer_id.is_none()) else {
-            no_such_code(replies);
-            return Ok(());
-        };
-        let currency = process.currency();
-        let release = match amount {
-            None => process.release_requested,
-            Some(text) => match currency.parse_amount(text, self.settings.limits.max_amount) {
-                Ok(release) => release,
-                Err(error) => {
-                    let reason = error.to_string();
-                    replies.reply(
-                        channel,
-                        from,
-                        language,
-                        None,
-                        Reply::BadAmount { reason: &reason },
-                    );
-                    return Ok(());
-                }
-            },
+        let Some(process) = process.filter(|process| {
+            process.customer_id.is_none() || process.customer_id.as_deref() == Some(&customer.id)
+        }) else {
+            return Ok((TillClaim::NoSuchCode, language));
         };
         let now_ms = self.now_ms();
-        sqlx::query(
-            "UPDATE processes SET customer_id = $1, release_requested = $2, channel = $3, updated_at_ms = $4 \
-             WHERE id = $5 AND customer_id IS NULL",
-        )
-        .bind(&customer.id)
-        .bind(release)
-        .bind(channel.as_str())
-        .bind(now_ms)
-        .bind(&process.id)
-        .execute(&mut *conn)
-        .await?;
-        // The PAY message is both the request and its answer: a request is recorded, so a
-        // wrong PIN can be retried with `YES <code> <PIN>`, and answered at once.
-        let (confirmation_id, _) = self
-            .insert_confirmation(
-                conn,
-                &process.id,
-                (ConfirmationKind::Initial, release),
-                None,
-                &random_secret(),
-                now_ms,
+        let confirmation_id = if process.customer_id.is_some() {
+            // Claimed before by this sender: answer the request that claim left open.
+            match rows::pending_confirmation(conn, &process.id).await? {
+                Some(confirmation) => confirmation.id,
+                None => return Ok((TillClaim::NoSuchCode, language)),
+            }
+        } else {
+            let currency = process.currency();
+            let release = match amount {
+                None => process.release_requested,
+                Some(text) => match currency.parse_amount(text, self.settings.limits.max_amount) {
+                    Ok(release) => release,
+                    Err(error) => return Ok((TillClaim::BadAmount(error.to_string()), language)),
+                },
+            };
+            sqlx::query(
+                "UPDATE processes SET customer_id = $1, release_requested = $2, channel = $3, updated_at_ms = $4 \
+                 WHERE id = $5 AND customer_id IS NULL",
             )
+            .bind(&customer.id)
+            .bind(release)
+            .bind(channel.as_str())
+            .bind(now_ms)
+            .bind(&process.id)
+            .execute(&mut *conn)
             .await?;
+            // The PAY message is both the request and its answer: a request is recorded, so
+            // a wrong PIN can be retried, and answered at once.
+            let (confirmation_id, _) = self
+                .insert_confirmation(
+                    conn,
+                    &process.id,
+                    (ConfirmationKind::Initial, release),
+                    None,
+                    &random_secret(),
+                    now_ms,
+                )
+                .await?;
+            confirmation_id
+        };
         let outcome = self
             .answer(
                 conn,
@@ -421,12 +514,12 @@ impl Engine {
                 },
             )
             .await?;
-        let about = ReplyAbout {
-            retailer_id: &process.retailer_id,
-            code: code.as_str(),
+        let claim = TillClaim::Answered {
+            retailer_id: process.retailer_id.clone(),
+            code: code.as_str().to_string(),
+            outcome,
         };
-        self.reply_to_outcome(channel, from, language, about, &outcome, replies);
-        Ok(())
+        Ok((claim, language))
     }
 
     /// `BAL`: the sender's credit and holds per currency.

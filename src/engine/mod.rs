@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 pub use confirm::{Answer, AnswerOutcome, ConfirmationPage};
 pub use effects::{event_json, ChannelAvailability};
-pub use inbound::CoreInbound;
+pub use inbound::{CoreInbound, TillClaim};
 pub use operator::{CustomerSummary, NewCustomer, NewRetailer, RetailerCredentials};
 pub use pin::VerifiedPin;
 pub use process::{CustomerRef, NewProcess, TopUpPolicy};

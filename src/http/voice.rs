@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use paystep_channel_core::{
 
 use super::AppState;
 use crate::domain::{ConfirmationStatus, Language};
-use crate::engine::{AnswerOutcome, CallBinding, VoiceCall};
+use crate::engine::{AnswerOutcome, CallBinding, TillClaim, VoiceCall};
 
 type Fields = Vec<(String, String)>;
 
@@ -34,6 +34,10 @@ struct Words {
     answered: &'static str,
     expired: &'static str,
     insufficient: &'static str,
+    not_registered: &'static str,
+    till_code: &'static str,
+    enter_pin: &'static str,
+    no_such_code: &'static str,
 }
 
 fn words(language: Language) -> Words {
@@ -50,6 +54,10 @@ fn words(language: Language) -> Words {
             answered: "This request has already been answered. Goodbye.",
             expired: "This request has expired. Goodbye.",
             insufficient: "There is not enough credit for this amount. Goodbye.",
+            not_registered: "This number is not registered for payments. Goodbye.",
+            till_code: "Please key the code shown at the till, then press the hash key.",
+            enter_pin: "Please enter your PIN, then press the hash key.",
+            no_such_code: "No open payment has that code. Goodbye.",
         },
         Language::De => Words {
             silence: "Wir haben keine Taste gehört.",
@@ -63,6 +71,11 @@ fn words(language: Language) -> Words {
             answered: "Diese Anfrage ist bereits beantwortet. Auf Wiederhören.",
             expired: "Diese Anfrage ist abgelaufen. Auf Wiederhören.",
             insufficient: "Das Guthaben reicht für diesen Betrag nicht. Auf Wiederhören.",
+            not_registered: "Diese Nummer ist nicht für Zahlungen angemeldet. Auf Wiederhören.",
+            till_code:
+                "Bitte geben Sie den Code von der Kasse ein und drücken Sie dann die Rautetaste.",
+            enter_pin: "Bitte geben Sie Ihre PIN ein und drücken Sie dann die Rautetaste.",
+            no_such_code: "Keine offene Zahlung hat diesen Code. Auf Wiederhören.",
         },
     }
 }
@@ -372,4 +385,140 @@ pub async fn status(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(error) => unavailable(error).into_response(),
     }
+}
+
+/// `POST /voice/twiml/incoming`: a call to the service number (claim 9 by phone). The
+/// caller, known by the calling number, keys a till code, then the PIN.
+pub async fn incoming(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let from = field(&fields, "From").unwrap_or_default();
+    let step = match state.engine.phone_customer(from).await {
+        Ok(None) => end(Language::En, words(Language::En).not_registered),
+        Ok(Some((language, _))) => CallStep::Ask {
+            text: words(language).till_code.to_string(),
+            language: language.as_str().to_string(),
+            answer_url: incoming_url(&state, "code"),
+            one_key: false,
+            no_input: words(language).goodbye_silent.to_string(),
+        },
+        Err(error) => return unavailable(error).into_response(),
+    };
+    render(adapter.as_ref(), step)
+}
+
+fn incoming_url(state: &AppState, step: &str) -> String {
+    format!(
+        "{}/voice/twiml/incoming/{step}",
+        state.engine.settings.http.public_url
+    )
+}
+
+fn end(language: Language, text: &str) -> CallStep {
+    CallStep::End {
+        text: text.to_string(),
+        language: language.as_str().to_string(),
+    }
+}
+
+/// `POST /voice/twiml/incoming/code`: the till code; then the PIN, where one is set.
+pub async fn incoming_code(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let from = field(&fields, "From").unwrap_or_default();
+    let code = field(&fields, "Digits").unwrap_or_default().trim();
+    let step = match state.engine.phone_customer(from).await {
+        Err(error) => return unavailable(error).into_response(),
+        Ok(None) => end(Language::En, words(Language::En).not_registered),
+        Ok(Some((language, _))) if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) => {
+            end(language, words(language).no_such_code)
+        }
+        Ok(Some((language, true))) => CallStep::Ask {
+            text: words(language).enter_pin.to_string(),
+            language: language.as_str().to_string(),
+            answer_url: format!("{}?code={code}", incoming_url(&state, "pin")),
+            one_key: false,
+            no_input: words(language).goodbye_silent.to_string(),
+        },
+        Ok(Some((_, false))) => match till_step(&state, from, code, None).await {
+            Ok(step) => step,
+            Err(refusal) => return refusal.into_response(),
+        },
+    };
+    render(adapter.as_ref(), step)
+}
+
+#[derive(serde::Deserialize)]
+pub struct TillCode {
+    code: String,
+}
+
+/// `POST /voice/twiml/incoming/pin?code=...`: the PIN for the till code keyed before.
+pub async fn incoming_pin(
+    State(state): State<AppState>,
+    Query(till): Query<TillCode>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let from = field(&fields, "From").unwrap_or_default();
+    let pin = field(&fields, "Digits")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    match till_step(&state, from, &till.code, Some(pin)).await {
+        Ok(step) => render(adapter.as_ref(), step),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Claims the till code as `PAY <code> <PIN>` would, and says how it went.
+async fn till_step(
+    state: &AppState,
+    from: &str,
+    code: &str,
+    pin: Option<String>,
+) -> Result<CallStep, Refusal> {
+    let (claim, language) = state
+        .engine
+        .pay_by_phone(from, code, pin)
+        .await
+        .map_err(unavailable)?;
+    let words = words(language);
+    let retry_pin = || CallStep::Ask {
+        text: format!("{} {}", words.wrong_pin, words.enter_pin),
+        language: language.as_str().to_string(),
+        answer_url: format!("{}?code={code}", incoming_url(state, "pin")),
+        one_key: false,
+        no_input: words.goodbye_silent.to_string(),
+    };
+    Ok(match claim {
+        TillClaim::UnknownSender => end(language, words.not_registered),
+        TillClaim::NoSuchCode | TillClaim::BadAmount(_) => end(language, words.no_such_code),
+        TillClaim::Answered { outcome, .. } => match outcome {
+            AnswerOutcome::Approved => end(language, words.approved),
+            AnswerOutcome::Declined => end(language, words.declined),
+            AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. } => retry_pin(),
+            AnswerOutcome::PinTriesExceeded => end(language, words.pin_tries),
+            AnswerOutcome::LockedOut { .. } => end(language, words.locked),
+            AnswerOutcome::NotPending { .. } => end(language, words.answered),
+            AnswerOutcome::Expired => end(language, words.expired),
+            AnswerOutcome::InsufficientCredit => end(language, words.insufficient),
+        },
+    })
 }

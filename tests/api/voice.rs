@@ -297,6 +297,13 @@ async fn a_voice_request_is_confirmed_by_keying_the_pin(db: Db) {
     assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
     assert!(verbs(&done).iter().any(|verb| verb.0 == "Hangup"));
     assert_eq!(app.process(&retailer, process_id).await["status"], "active");
+    // The receipt is no call: it goes where SMS would (here the console stands in).
+    let receipts = app
+        .wait_for_messages(1, |message| {
+            message["kind"] == "receipt" && message["process_id"] == process_id
+        })
+        .await;
+    assert_eq!(receipts[0]["intended_channel"], "sms");
 
     // The same answer replayed is refused and changes nothing.
     let (status, _) = platform
@@ -304,6 +311,7 @@ async fn a_voice_request_is_confirmed_by_keying_the_pin(db: Db) {
         .await;
     assert_eq!(status, 403);
 
+    assert_eq!(platform.calls().await.len(), 1, "one call: the request");
     // The call's outcome is recorded on its message.
     let (status, _) = platform
         .step(
@@ -528,7 +536,81 @@ async fn a_busy_line_is_called_again_then_the_request_goes_by_sms(db: Db) {
     assert_eq!(call["delivery_state"], "BUSY");
 }
 
+/// Claim 9 by phone: a caller keys a till code and the PIN; an unknown caller hears that the
+/// number is not registered, and nothing changes.
+async fn a_caller_pays_a_till_code_by_phone(db: Db) {
+    let platform = Platform::start().await;
+    let app = app_with_voice(db, &platform).await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN}),
+        "100.00",
+    )
+    .await;
+    let till = app
+        .open_process(
+            &retailer,
+            json!({"currency": "EUR", "release": "7.50", "description": "Kiosk"}),
+        )
+        .await;
+    let till_id = till["id"].as_str().unwrap();
+    let code = till["code"].as_str().unwrap();
+    let incoming = format!("{PUBLIC_URL}/voice/twiml/incoming");
+
+    let stranger = platform
+        .control(
+            "/_control/incoming",
+            json!({"from": "+4915100000000", "to": "+4930123456", "url": incoming}),
+        )
+        .await;
+    assert_eq!(stranger["status"], 200);
+    assert_eq!(
+        said(stranger["body"].as_str().unwrap()),
+        "This number is not registered for payments. Goodbye."
+    );
+
+    let call = platform
+        .control(
+            "/_control/incoming",
+            json!({"from": CUSTOMER, "to": "+4930123456", "url": incoming}),
+        )
+        .await;
+    assert_eq!(
+        said(call["body"].as_str().unwrap()),
+        "Please key the code shown at the till, then press the hash key. \
+         We did not hear a key. Goodbye."
+    );
+    let sid = call["sid"].as_str().unwrap();
+    let (status, pin_prompt) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": code}))
+        .await;
+    assert_eq!(status, 200, "{pin_prompt}");
+    assert!(
+        said(&pin_prompt).starts_with("Please enter your PIN"),
+        "{pin_prompt}"
+    );
+    let (_, wrong) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": "0000"}))
+        .await;
+    assert!(
+        said(&wrong).starts_with("That PIN is not right."),
+        "{wrong}"
+    );
+    assert_eq!(
+        app.process(&retailer, till_id).await["status"],
+        "awaiting_confirmation"
+    );
+    let (_, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": PIN}))
+        .await;
+    assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
+    let process = app.process(&retailer, till_id).await;
+    assert_eq!(process["status"], "active", "{process}");
+    app.assert_ledger_holds().await;
+}
+
 on_both_databases!(
+    a_caller_pays_a_till_code_by_phone,
     a_busy_line_is_called_again_then_the_request_goes_by_sms,
     a_voice_request_is_confirmed_by_keying_the_pin,
     without_a_pin_one_approves_and_two_declines_and_silence_ends_politely,

@@ -22,6 +22,8 @@ Control API (JSON in and out):
                                      POSTs the keys to the last script's <Gather action>;
                                      replay sends the previous gather request again
   POST /_control/status {"sid", "status"}  POSTs the call's StatusCallback
+  POST /_control/incoming {"from", "to", "url"}  a call to the service number: POSTs to
+                                     the number's URL; answers {"sid", "status", "body"}
 Prints `listening` when it accepts connections.
 """
 
@@ -136,6 +138,8 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 refusals.append((command["status"], command.get("body", {})))
             return self.reply(200, {})
+        if path == "/_control/incoming":
+            return self.incoming(command)
         with lock:
             call = calls.get(command.get("sid"))
         if call is None:
@@ -163,6 +167,27 @@ class Handler(BaseHTTPRequestHandler):
             status, text = post_signed(call["status_callback"], fields, args.auth_token)
             return self.reply(200, {"status": status, "body": text})
         return self.reply(404, {"message": "unknown control"})
+
+    def incoming(self, command):
+        """A call to the service number: the platform asks the number's URL what to do."""
+        sid = "CA%032x" % next(numbers)
+        call = {
+            "sid": sid,
+            "to": command["to"],
+            "from": command["from"],
+            "url": command["url"],
+            "method": "POST",
+            "status_callback": None,
+            "script": None,
+            "direction": "inbound",
+        }
+        with lock:
+            calls[sid] = call
+        fields = dict(call_fields(call), Direction="inbound", CallStatus="ringing")
+        status, text = post_signed(call["url"], fields, args.auth_token)
+        if status == 200:
+            call["script"] = text
+        return self.reply(200, {"sid": sid, "status": status, "body": text})
 
     def create_call(self, body):
         if not self.authorized():

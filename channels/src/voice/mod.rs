@@ -198,6 +198,12 @@ impl Channel for VoiceChannel {
     }
 
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
+        // A call asks a question; a message without a request behind it has nothing to ask.
+        if message.url.is_none() {
+            return Err(SendError::Permanent(
+                "a call carries confirmation requests only, and this message is none".into(),
+            ));
+        }
         match self.settings.dialect {
             Dialect::Twiml => self.place_twiml_call(message).await,
             Dialect::Voicexml => Err(SendError::Permanent(
