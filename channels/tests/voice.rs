@@ -104,6 +104,7 @@ fn settings_with(api_url: &str, auth_token: &str) -> VoiceSettings {
         connect_timeout_ms: 1_000,
         busy_retries: 2,
         busy_retry_delay_s: 120,
+        voice_id: None,
     }
 }
 

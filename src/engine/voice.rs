@@ -21,6 +21,10 @@ pub struct VoiceCall {
     pub language: Language,
     pub no_inputs: i64,
     pub finished: bool,
+    /// The speaker-verification service said this is the customer's voice.
+    pub speaker_verified: bool,
+    /// Whose voice it must be.
+    pub customer_id: Option<String>,
 }
 
 /// What a platform's request about a call turned out to be.
@@ -43,7 +47,9 @@ impl Engine {
     ) -> Result<CallBinding, EngineError> {
         let mut tx = self.store.begin_write().await?;
         let message = sqlx::query(
-            "SELECT text, url, language FROM outbox WHERE id = $1 AND intended_channel = 'voice'",
+            "SELECT o.text, o.url, o.language, p.customer_id FROM outbox o \
+             LEFT JOIN processes p ON p.id = o.process_id \
+             WHERE o.id = $1 AND o.intended_channel = 'voice'",
         )
         .bind(message_id)
         .fetch_optional(&mut *tx)
@@ -65,7 +71,8 @@ impl Engine {
         .execute(&mut *tx)
         .await?;
         let call = sqlx::query(
-            "SELECT call_sid, no_inputs, finished_at_ms FROM voice_calls WHERE message_id = $1",
+            "SELECT call_sid, no_inputs, finished_at_ms, speaker_verified_at_ms FROM voice_calls \
+             WHERE message_id = $1",
         )
         .bind(message_id)
         .fetch_one(&mut *tx)
@@ -81,6 +88,10 @@ impl Engine {
             language: Language::parse(&language).unwrap_or(Language::En),
             no_inputs: call.try_get("no_inputs")?,
             finished: call.try_get::<Option<i64>, _>("finished_at_ms")?.is_some(),
+            speaker_verified: call
+                .try_get::<Option<i64>, _>("speaker_verified_at_ms")?
+                .is_some(),
+            customer_id: message.try_get("customer_id")?,
         }))
     }
 
@@ -96,6 +107,21 @@ impl Engine {
         .await?;
         tx.commit().await?;
         Ok(count)
+    }
+
+    /// The speaker-verification service recognised the customer in this call.
+    pub async fn note_speaker_verified(&self, message_id: &str) -> Result<(), EngineError> {
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query(
+            "UPDATE voice_calls SET speaker_verified_at_ms = $1 WHERE message_id = $2 \
+             AND speaker_verified_at_ms IS NULL",
+        )
+        .bind(self.now_ms())
+        .bind(message_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The call has said its last word: its URLs take nothing more.

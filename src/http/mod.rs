@@ -78,6 +78,10 @@ pub fn router(state: AppState) -> Router {
             "/voice/twiml/calls/{message_id}/status",
             post(voice::status),
         )
+        .route(
+            "/voice/twiml/calls/{message_id}/recording",
+            post(voice::recording),
+        )
         .route("/voice/twiml/incoming", post(voice::incoming))
         .route("/voice/twiml/incoming/code", post(voice::incoming_code))
         .route("/voice/twiml/incoming/pin", post(voice::incoming_pin))

@@ -12,7 +12,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use paystep_channel_core::{
-    CallRequest, CallStep, Channel, ChannelName, InboundMessage, PeerAnswer,
+    CallRequest, CallStep, Channel, ChannelName, InboundMessage, PeerAnswer, SpeakerSample,
+    SpeakerVerdict,
 };
 
 use super::AppState;
@@ -38,6 +39,9 @@ struct Words {
     till_code: &'static str,
     enter_pin: &'static str,
     no_such_code: &'static str,
+    say_phrase: &'static str,
+    voice_rejected: &'static str,
+    voice_unavailable: &'static str,
 }
 
 fn words(language: Language) -> Words {
@@ -58,6 +62,9 @@ fn words(language: Language) -> Words {
             till_code: "Please key the code shown at the till, then press the hash key.",
             enter_pin: "Please enter your PIN, then press the hash key.",
             no_such_code: "No open payment has that code. Goodbye.",
+            say_phrase: "After the tone, please say: my voice confirms this payment. Then press the hash key.",
+            voice_rejected: "Your voice could not be confirmed. The request is declined. Goodbye.",
+            voice_unavailable: "Your voice could not be checked in time. The request is declined. Goodbye.",
         },
         Language::De => Words {
             silence: "Wir haben keine Taste gehört.",
@@ -76,6 +83,9 @@ fn words(language: Language) -> Words {
                 "Bitte geben Sie den Code von der Kasse ein und drücken Sie dann die Rautetaste.",
             enter_pin: "Bitte geben Sie Ihre PIN ein und drücken Sie dann die Rautetaste.",
             no_such_code: "Keine offene Zahlung hat diesen Code. Auf Wiederhören.",
+            say_phrase: "Bitte sagen Sie nach dem Ton: Meine Stimme bestätigt diese Zahlung. Drücken Sie dann die Rautetaste.",
+            voice_rejected: "Ihre Stimme wurde nicht bestätigt. Die Anfrage ist abgelehnt. Auf Wiederhören.",
+            voice_unavailable: "Ihre Stimme konnte nicht rechtzeitig geprüft werden. Die Anfrage ist abgelehnt. Auf Wiederhören.",
         },
     }
 }
@@ -236,6 +246,18 @@ async fn ask(
         ConfirmationStatus::Pending if page.expires_at_ms <= state.engine.now_ms() => {
             end(words.expired)
         }
+        // Claim 13: the voice first, when a speaker-verification service is configured.
+        ConfirmationStatus::Pending if needs_voice_id(state) && !call.speaker_verified => {
+            CallStep::Record {
+                text: words.say_phrase.to_string(),
+                language: call.language.as_str().to_string(),
+                recording_url: format!(
+                    "{}/voice/twiml/calls/{message_id}/recording",
+                    state.engine.settings.http.public_url
+                ),
+                max_length_s: voice_id_max_length_s(state),
+            }
+        }
         ConfirmationStatus::Pending => CallStep::Ask {
             text: match before {
                 Some(before) => format!("{before} {}", call.prompt),
@@ -266,8 +288,9 @@ pub async fn answer(
         Ok(call) => call,
         Err(refusal) => return refusal.into_response(),
     };
-    if call.finished {
-        // A replay of an answer to a call that has ended: nothing changes.
+    if call.finished || needs_voice_id(&state) && !call.speaker_verified {
+        // A replay of an answer to a call that has ended, or keys before the voice was
+        // verified: nothing changes.
         return forbidden();
     }
     let step = match next_step(&state, &message_id, &call, &fields).await {
@@ -521,4 +544,84 @@ async fn till_step(
             AnswerOutcome::InsufficientCredit => end(language, words.insufficient),
         },
     })
+}
+
+fn needs_voice_id(state: &AppState) -> bool {
+    voice_id_max_length_s(state) > 0
+}
+
+/// How long a phrase is recorded; 0 without a speaker-verification service.
+fn voice_id_max_length_s(state: &AppState) -> u32 {
+    state
+        .engine
+        .settings
+        .channels
+        .voice
+        .as_ref()
+        .and_then(|voice| voice.voice_id.as_ref())
+        .map_or(0, |voice_id| voice_id.max_length_s)
+}
+
+/// `POST /voice/twiml/calls/{message_id}/recording`: the phrase the caller said. The
+/// speaker-verification service's positive verdict lets the call go on to the keys; a
+/// negative one, or none in time, declines the request and says so.
+pub async fn recording(
+    State(state): State<AppState>,
+    Path(message_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = authenticated(&state, &uri, &headers, &fields) else {
+        return forbidden();
+    };
+    let mut call = match call_of(&state, &message_id, &fields).await {
+        Ok(call) => call,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if call.finished || call.speaker_verified || !needs_voice_id(&state) {
+        return forbidden();
+    }
+    let words = words(call.language);
+    let sample = SpeakerSample {
+        recording_url: field(&fields, "RecordingUrl").unwrap_or_default(),
+        customer_id: call.customer_id.as_deref().unwrap_or_default(),
+        call_sid: field(&fields, "CallSid").unwrap_or_default(),
+    };
+    let verdict = match (
+        sample.recording_url.is_empty(),
+        sample.customer_id.is_empty(),
+    ) {
+        (false, false) => adapter.verify_speaker(&sample).await,
+        _ => Some(SpeakerVerdict::NoMatch),
+    };
+    let declined = match verdict {
+        Some(SpeakerVerdict::Match) => {
+            if let Err(error) = state.engine.note_speaker_verified(&message_id).await {
+                return unavailable(error).into_response();
+            }
+            call.speaker_verified = true;
+            return match ask(&state, &message_id, &call, None).await {
+                Ok(step) => render(adapter.as_ref(), step),
+                Err(refusal) => refusal.into_response(),
+            };
+        }
+        Some(SpeakerVerdict::NoMatch) => words.voice_rejected,
+        Some(SpeakerVerdict::Unavailable(reason)) => {
+            tracing::warn!(message_id, reason = %reason, "No speaker verdict; the request is declined");
+            words.voice_unavailable
+        }
+        None => words.voice_unavailable,
+    };
+    if let Err(error) = state
+        .engine
+        .answer_token(&call.token, false, None, ChannelName::Voice)
+        .await
+    {
+        return unavailable(error).into_response();
+    }
+    if let Err(error) = state.engine.finish_call(&message_id).await {
+        return unavailable(error).into_response();
+    }
+    render(adapter.as_ref(), end(call.language, declined))
 }

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use paystep_channels::voice::{Dialect, VoiceSettings};
+use paystep_channels::voice::{Dialect, VoiceIdSettings, VoiceSettings};
 use quick_xml::events::Event;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -111,6 +111,7 @@ fn voice_settings(platform: &Platform) -> VoiceSettings {
         connect_timeout_ms: 1_000,
         busy_retries: 2,
         busy_retry_delay_s: 0,
+        voice_id: None,
     }
 }
 
@@ -609,7 +610,123 @@ async fn a_caller_pays_a_till_code_by_phone(db: Db) {
     app.assert_ledger_holds().await;
 }
 
+/// Claim 13: with a speaker-verification service, a call records a phrase first; a match
+/// lets the PIN count, a rejection or no verdict in time declines and says so.
+async fn the_voice_id_hook_accepts_rejects_and_times_out(db: Db) {
+    let platform = Platform::start().await;
+    let mut voice = voice_settings(&platform);
+    voice.voice_id = Some(VoiceIdSettings {
+        url: platform.url("/verify"),
+        timeout_ms: 1_000,
+        max_length_s: 5,
+    });
+    let app = spawn_app_with(db, move |settings| {
+        settings.channels.voice = Some(voice);
+    })
+    .await;
+    platform
+        .control(
+            "/_control/route",
+            json!({"from": PUBLIC_URL, "to": app.address}),
+        )
+        .await;
+    let retailer = app.create_retailer().await;
+    let customer = app
+        .create_customer_with(
+            json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN, "preferred_channel": "voice"}),
+            "100.00",
+        )
+        .await;
+    let open = || {
+        let (app, retailer) = (&app, &retailer);
+        async move {
+            let process = app
+                .open_process(
+                    retailer,
+                    json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": "4.00"}),
+                )
+                .await;
+            process["id"].as_str().unwrap().to_string()
+        }
+    };
+
+    // A match: the phrase, then the PIN.
+    let accepted = open().await;
+    let call = wait_for_call(&platform, CUSTOMER, 1).await;
+    let sid = call["sid"].as_str().unwrap().to_string();
+    let (_, script) = platform.step("/_control/fetch", json!({"sid": sid})).await;
+    let record = verbs(&script)
+        .into_iter()
+        .find(|verb| verb.0 == "Record")
+        .expect("a Record");
+    assert_eq!(
+        attribute(&record, "action"),
+        format!("{}/recording", call["url"].as_str().unwrap())
+    );
+    assert!(
+        said(&script).starts_with("After the tone, please say"),
+        "{script}"
+    );
+    let (status, prompt) = platform.step("/_control/record", json!({"sid": sid})).await;
+    assert_eq!(status, 200, "{prompt}");
+    assert!(
+        verbs(&prompt).iter().any(|verb| verb.0 == "Gather"),
+        "{prompt}"
+    );
+    let (_, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": PIN}))
+        .await;
+    assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
+    assert_eq!(app.process(&retailer, &accepted).await["status"], "active");
+    let asked: Value = platform
+        .http
+        .get(platform.url("/_verifications"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asked[0]["customer_id"], customer.as_str());
+    assert!(asked[0]["recording_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(".wav"));
+
+    // A rejection, and no verdict in time: declined, and the call says so.
+    for (nth, mode, words) in [
+        (
+            2,
+            "reject",
+            "Your voice could not be confirmed. The request is declined. Goodbye.",
+        ),
+        (
+            3,
+            "slow",
+            "Your voice could not be checked in time. The request is declined. Goodbye.",
+        ),
+    ] {
+        platform
+            .control("/_control/verifier", json!({"mode": mode}))
+            .await;
+        let process_id = open().await;
+        let call = wait_for_call(&platform, CUSTOMER, nth).await;
+        let sid = call["sid"].as_str().unwrap().to_string();
+        platform.step("/_control/fetch", json!({"sid": sid})).await;
+        let (status, end) = platform.step("/_control/record", json!({"sid": sid})).await;
+        assert_eq!(status, 200, "{end}");
+        assert_eq!(said(&end), words, "{mode}");
+        assert_eq!(
+            app.process(&retailer, &process_id).await["status"],
+            "declined",
+            "{mode}"
+        );
+    }
+    app.assert_ledger_holds().await;
+}
+
 on_both_databases!(
+    the_voice_id_hook_accepts_rejects_and_times_out,
     a_caller_pays_a_till_code_by_phone,
     a_busy_line_is_called_again_then_the_request_goes_by_sms,
     a_voice_request_is_confirmed_by_keying_the_pin,

@@ -24,6 +24,11 @@ Control API (JSON in and out):
   POST /_control/status {"sid", "status"}  POSTs the call's StatusCallback
   POST /_control/incoming {"from", "to", "url"}  a call to the service number: POSTs to
                                      the number's URL; answers {"sid", "status", "body"}
+  POST /_control/record {"sid"}      the caller said a phrase: POSTs RecordingUrl to the last
+                                     script's <Record action>
+  POST /verify                       a speaker-verification service: {"match": ...} as
+                                     /_control/verifier {"mode": "match"|"reject"|"slow"} says
+  GET  /_verifications               what /verify was asked
 Prints `listening` when it accepts connections.
 """
 
@@ -32,6 +37,7 @@ import base64
 import itertools
 import json
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,6 +51,7 @@ calls = {}
 order = []
 routes = []
 refusals = []
+verifier = {"mode": "match", "requests": []}
 numbers = itertools.count(1)
 
 
@@ -116,6 +123,9 @@ class Handler(BaseHTTPRequestHandler):
             if not self.authorized():
                 return self.reply(401, {"code": 20003, "message": "Authenticate"})
             return self.reply(200, {"sid": args.account_sid, "status": "active"})
+        if self.path == "/_verifications":
+            with lock:
+                return self.reply(200, verifier["requests"])
         if self.path == "/_calls":
             with lock:
                 self.reply(200, [calls[sid] for sid in order])
@@ -140,6 +150,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {})
         if path == "/_control/incoming":
             return self.incoming(command)
+        if path == "/verify":
+            return self.verify(command)
+        if path == "/_control/verifier":
+            verifier["mode"] = command["mode"]
+            return self.reply(200, {})
         with lock:
             call = calls.get(command.get("sid"))
         if call is None:
@@ -162,11 +177,32 @@ class Handler(BaseHTTPRequestHandler):
             if status == 200:
                 call["script"] = text
             return self.reply(200, {"status": status, "body": text})
+        if path == "/_control/record":
+            record = ElementTree.fromstring(call["script"]).find("Record")
+            url = record.get("action")
+            fields = dict(
+                call_fields(call),
+                RecordingUrl=f"http://127.0.0.1:{args.port}/recordings/{call['sid']}.wav",
+                RecordingDuration="3",
+            )
+            status, text = post_signed(url, fields, args.auth_token)
+            if status == 200:
+                call["script"] = text
+            return self.reply(200, {"status": status, "body": text})
         if path == "/_control/status":
             fields = dict(call_fields(call), CallStatus=command["status"])
             status, text = post_signed(call["status_callback"], fields, args.auth_token)
             return self.reply(200, {"status": status, "body": text})
         return self.reply(404, {"message": "unknown control"})
+
+    def verify(self, command):
+        """The speaker-verification service: match, reject, or too slow to answer."""
+        with lock:
+            verifier["requests"].append(command)
+            mode = verifier["mode"]
+        if mode == "slow":
+            time.sleep(3)
+        return self.reply(200, {"match": mode == "match"})
 
     def incoming(self, command):
         """A call to the service number: the platform asks the number's URL what to do."""

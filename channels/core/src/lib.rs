@@ -97,6 +97,29 @@ pub trait Channel: Send + Sync {
     fn render_call_step(&self, _step: &CallStep) -> Option<PeerAnswer> {
         None
     }
+
+    /// Asks the speaker-verification service whether a recorded phrase is the customer's
+    /// voice (claim 13); `None` for adapters without one.
+    async fn verify_speaker(&self, _sample: &SpeakerSample<'_>) -> Option<SpeakerVerdict> {
+        None
+    }
+}
+
+/// A phrase recorded in a call, to be checked against the customer's voice.
+#[derive(Debug, Clone, Copy)]
+pub struct SpeakerSample<'a> {
+    pub recording_url: &'a str,
+    pub customer_id: &'a str,
+    pub call_sid: &'a str,
+}
+
+/// The speaker-verification service's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpeakerVerdict {
+    Match,
+    NoMatch,
+    /// No verdict in time, or an answer that is none: the confirmation does not count.
+    Unavailable(String),
 }
 
 /// A request a voice platform made while a call runs: the full URL as the platform saw it,
@@ -119,6 +142,14 @@ pub enum CallStep {
         answer_url: String,
         one_key: bool,
         no_input: String,
+    },
+    /// Says `text`, then records up to `max_length_s` seconds and posts the recording's URL
+    /// to `recording_url`.
+    Record {
+        text: String,
+        language: String,
+        recording_url: String,
+        max_length_s: u32,
     },
     /// Says `text` and hangs up.
     End { text: String, language: String },

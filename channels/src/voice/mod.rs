@@ -20,9 +20,9 @@ use reqwest::StatusCode;
 
 use crate::{
     constant_time_equal, CallRequest, CallStep, Channel, ChannelName, Delivery, HealthError,
-    OutboundMessage, PeerAnswer, Problems, SendError,
+    OutboundMessage, PeerAnswer, Problems, SendError, SpeakerSample, SpeakerVerdict,
 };
-pub use settings::{Dialect, VoiceSettings};
+pub use settings::{Dialect, VoiceIdSettings, VoiceSettings};
 pub use signature::twilio_signature;
 
 /// The longest platform answer read.
@@ -253,6 +253,48 @@ impl Channel for VoiceChannel {
         };
         let expected = twilio_signature(self.auth_token(), request.url, request.fields);
         constant_time_equal(signature.as_bytes(), expected.as_bytes())
+    }
+
+    /// Posts the recording's URL to the speaker-verification service and reads its verdict,
+    /// within `voice_id.timeout_ms`.
+    async fn verify_speaker(&self, sample: &SpeakerSample<'_>) -> Option<SpeakerVerdict> {
+        let voice_id = self.settings.voice_id.as_ref()?;
+        let body = serde_json::json!({
+            "recording_url": sample.recording_url,
+            "customer_id": sample.customer_id,
+            "call_sid": sample.call_sid,
+        });
+        let asked = self
+            .client
+            .post(&voice_id.url)
+            .timeout(Duration::from_millis(voice_id.timeout_ms))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let response = match asked {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => {
+                return Some(SpeakerVerdict::Unavailable(format!(
+                    "the speaker-verification service answered {}",
+                    response.status()
+                )))
+            }
+            Err(error) => {
+                return Some(SpeakerVerdict::Unavailable(format!(
+                    "no verdict from the speaker-verification service: {error}"
+                )))
+            }
+        };
+        let answer = bounded_body(response).await;
+        let verdict = serde_json::from_str::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|answer| answer["match"].as_bool());
+        Some(match verdict {
+            Some(true) => SpeakerVerdict::Match,
+            Some(false) => SpeakerVerdict::NoMatch,
+            None => SpeakerVerdict::Unavailable(format!("not a verdict: {answer}")),
+        })
     }
 
     fn render_call_step(&self, step: &CallStep) -> Option<PeerAnswer> {

@@ -59,6 +59,24 @@ pub struct VoiceSettings {
     pub busy_retries: u32,
     #[serde(default = "default_busy_retry_delay_s")]
     pub busy_retry_delay_s: u64,
+    /// `[channels.voice.voice_id]`: a speaker-verification service whose positive verdict a
+    /// call's confirmation needs (claim 13).
+    #[serde(default)]
+    pub voice_id: Option<VoiceIdSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceIdSettings {
+    /// Where the recording's URL is posted (JSON `recording_url`, `customer_id`,
+    /// `call_sid`); the answer is `{"match": true|false}`.
+    pub url: String,
+    /// No verdict within this time declines.
+    #[serde(default = "default_voice_id_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The longest phrase recorded.
+    #[serde(default = "default_voice_id_max_length_s")]
+    pub max_length_s: u32,
 }
 
 fn http_url(url: Option<&str>) -> bool {
@@ -122,6 +140,23 @@ impl VoiceSettings {
             "busy_retries",
             "must be at most 10",
         );
+        if let Some(voice_id) = &self.voice_id {
+            problems.require(
+                http_url(Some(&voice_id.url)),
+                "voice_id.url",
+                "must be the speaker-verification service's http(s) URL",
+            );
+            problems.require(
+                (100..=60_000).contains(&voice_id.timeout_ms),
+                "voice_id.timeout_ms",
+                "must be between 100 and 60000",
+            );
+            problems.require(
+                (1..=30).contains(&voice_id.max_length_s),
+                "voice_id.max_length_s",
+                "must be between 1 and 30",
+            );
+        }
         problems.require(
             self.busy_retry_delay_s <= 86_400,
             "busy_retry_delay_s",
@@ -145,6 +180,12 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_connect_timeout_ms() -> u64 {
     3_000
+}
+fn default_voice_id_timeout_ms() -> u64 {
+    5_000
+}
+fn default_voice_id_max_length_s() -> u32 {
+    5
 }
 fn default_busy_retries() -> u32 {
     2

@@ -51,6 +51,24 @@ pub fn render(step: &CallStep) -> io::Result<Vec<u8>> {
                     say(writer, no_input, language)?;
                     writer.create_element("Hangup").write_empty()?;
                 }
+                CallStep::Record {
+                    text,
+                    language,
+                    recording_url,
+                    max_length_s,
+                } => {
+                    let language = voice_language(language);
+                    say(writer, text, language)?;
+                    writer
+                        .create_element("Record")
+                        .with_attribute(("action", recording_url.as_str()))
+                        .with_attribute(("method", "POST"))
+                        .with_attribute(("maxLength", max_length_s.to_string().as_str()))
+                        .with_attribute(("playBeep", "true"))
+                        .with_attribute(("finishOnKey", "#"))
+                        .write_empty()?;
+                    writer.create_element("Hangup").write_empty()?;
+                }
                 CallStep::End { text, language } => {
                     say(writer, text, voice_language(language))?;
                     writer.create_element("Hangup").write_empty()?;
