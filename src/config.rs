@@ -11,7 +11,7 @@ use serde::Deserialize;
 use paystep_channels::console::ConsoleSettings;
 use paystep_channels::email::EmailSettings;
 use paystep_channels::sms::SmsSettings;
-use paystep_channels::voice::{Dialect, VoiceSettings};
+use paystep_channels::voice::VoiceSettings;
 use paystep_channels::wap_push::WapPushSettings;
 use paystep_channels::webhook::WebhookSettings;
 use paystep_channels::Problems;
@@ -238,14 +238,7 @@ impl ChannelSettings {
             problems.under("channels.wap_push", |problems| wap_push.validate(problems));
         }
         if let Some(voice) = &self.voice {
-            problems.under("channels.voice", |problems| {
-                voice.validate(problems);
-                problems.require(
-                    voice.dialect == Dialect::Twiml,
-                    "dialect",
-                    "voicexml is not served yet; use twiml",
-                );
-            });
+            problems.under("channels.voice", |problems| voice.validate(problems));
         }
     }
 

@@ -248,3 +248,37 @@ async fn the_wap_push_channel_passes_the_conformance_suite_through_kannel() {
     };
     conformance::run(&peer).await;
 }
+
+/// Regression: Kannel drops trailing zero digits of SI dates one at a time, so "...:10"
+/// left half an octet and the SI did not decode ("Bad Opaque Length", seen in a full run).
+/// Such dates go out a second earlier, and decode.
+#[tokio::test]
+async fn an_expiry_at_ten_seconds_past_decodes_through_kannel() {
+    let smsc = Smsc::start().await;
+    let kannel = Kannel::start(smsc.smpp_port).await;
+    let channel = WapPushChannel::new(&settings(&kannel.ppg_url())).unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // An hour ahead, at ten seconds past a minute.
+    let expires_s = (now_s + 3600) / 60 * 60 + 10;
+    let mut message = push("7d1c2a52-5b0e-4f43-9d1e-0c3f5a6b7010", PUSHABLE);
+    message.expires_at_ms = Some(expires_s * 1000);
+    channel.send(&message).await.expect("Kannel takes the push");
+    let deadline = Instant::now() + WAIT_MAX;
+    let pushes = loop {
+        let pushes = wap_pushes(&smsc.submits().await);
+        if !pushes.is_empty() {
+            break pushes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the push did not arrive; {}",
+            kannel.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let xml = decode_push(&pushes[0]).await;
+    assert!(xml.contains(":09Z\""), "a second early: {xml}");
+}

@@ -45,6 +45,17 @@ impl Engine {
         message_id: &str,
         call_sid: &str,
     ) -> Result<CallBinding, EngineError> {
+        self.bind_call_once(message_id, call_sid, false).await
+    }
+
+    /// The same; with `first_only`, a message whose call already started is another call's
+    /// (a VoiceXML script URL serves one fetch).
+    pub async fn bind_call_once(
+        &self,
+        message_id: &str,
+        call_sid: &str,
+        first_only: bool,
+    ) -> Result<CallBinding, EngineError> {
         let mut tx = self.store.begin_write().await?;
         let message = sqlx::query(
             "SELECT o.text, o.url, o.language, p.customer_id FROM outbox o \
@@ -61,7 +72,7 @@ impl Engine {
         let Some(token) = url.as_deref().and_then(|url| url.rsplit('/').next()) else {
             return Ok(CallBinding::Unknown);
         };
-        sqlx::query(
+        let started = sqlx::query(
             "INSERT INTO voice_calls (message_id, call_sid, created_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (message_id) DO NOTHING",
         )
@@ -69,7 +80,12 @@ impl Engine {
         .bind(call_sid)
         .bind(self.now_ms())
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if first_only && !started {
+            return Ok(CallBinding::OtherCall);
+        }
         let call = sqlx::query(
             "SELECT call_sid, no_inputs, finished_at_ms, speaker_verified_at_ms FROM voice_calls \
              WHERE message_id = $1",
@@ -107,6 +123,40 @@ impl Engine {
         .await?;
         tx.commit().await?;
         Ok(count)
+    }
+
+    /// A fresh single-use token for the next URL a VoiceXML call is given; only its hash is
+    /// kept, and it replaces the one before.
+    pub async fn issue_call_token(&self, message_id: &str) -> Result<String, EngineError> {
+        let token = super::random_secret();
+        let mut tx = self.store.begin_write().await?;
+        sqlx::query("UPDATE voice_calls SET next_token_hash = $1 WHERE message_id = $2")
+            .bind(super::secret_hash(&token))
+            .bind(message_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+
+    /// Uses up the call's current token: true once, for the right one.
+    pub async fn take_call_token(
+        &self,
+        message_id: &str,
+        token: &str,
+    ) -> Result<bool, EngineError> {
+        let mut tx = self.store.begin_write().await?;
+        let taken = sqlx::query(
+            "UPDATE voice_calls SET next_token_hash = NULL WHERE message_id = $1 \
+             AND next_token_hash = $2",
+        )
+        .bind(message_id)
+        .bind(super::secret_hash(token))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(taken == 1)
     }
 
     /// The speaker-verification service recognised the customer in this call.

@@ -82,6 +82,18 @@ pub fn router(state: AppState) -> Router {
             "/voice/twiml/calls/{message_id}/recording",
             post(voice::recording),
         )
+        .route(
+            "/voice/vxml/calls/{message_id}/{token}",
+            get(voice::vxml_script).post(voice::vxml_script),
+        )
+        .route(
+            "/voice/vxml/calls/{message_id}/answer/{token}",
+            post(voice::vxml_answer),
+        )
+        .route(
+            "/voice/vxml/calls/{message_id}/status/{token}",
+            post(voice::vxml_status),
+        )
         .route("/voice/twiml/incoming", post(voice::incoming))
         .route("/voice/twiml/incoming/code", post(voice::incoming_code))
         .route("/voice/twiml/incoming/pin", post(voice::incoming_pin))

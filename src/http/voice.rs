@@ -191,11 +191,21 @@ async fn call_of(
     }
 }
 
-fn answer_url(state: &AppState, message_id: &str) -> String {
-    format!(
-        "{}/voice/twiml/calls/{message_id}/answer",
+/// Where a call's next answer and recording go.
+struct CallUrls {
+    answer: String,
+    recording: String,
+}
+
+fn twiml_urls(state: &AppState, message_id: &str) -> CallUrls {
+    let base = format!(
+        "{}/voice/twiml/calls/{message_id}",
         state.engine.settings.http.public_url
-    )
+    );
+    CallUrls {
+        answer: format!("{base}/answer"),
+        recording: format!("{base}/recording"),
+    }
 }
 
 /// `POST /voice/twiml/calls/{message_id}`: the call's script.
@@ -213,7 +223,8 @@ pub async fn script(
         Ok(call) => call,
         Err(refusal) => return refusal.into_response(),
     };
-    let step = match ask(&state, &message_id, &call, None).await {
+    let urls = twiml_urls(&state, &message_id);
+    let step = match ask(&state, &call, None, &urls).await {
         Ok(step) => step,
         Err(refusal) => return refusal.into_response(),
     };
@@ -224,9 +235,9 @@ pub async fn script(
 /// open.
 async fn ask(
     state: &AppState,
-    message_id: &str,
     call: &VoiceCall,
     before: Option<&str>,
+    urls: &CallUrls,
 ) -> Result<CallStep, Refusal> {
     let words = words(call.language);
     let page = async {
@@ -251,10 +262,7 @@ async fn ask(
             CallStep::Record {
                 text: words.say_phrase.to_string(),
                 language: call.language.as_str().to_string(),
-                recording_url: format!(
-                    "{}/voice/twiml/calls/{message_id}/recording",
-                    state.engine.settings.http.public_url
-                ),
+                recording_url: urls.recording.clone(),
                 max_length_s: voice_id_max_length_s(state),
             }
         }
@@ -264,7 +272,7 @@ async fn ask(
                 None => call.prompt.clone(),
             },
             language: call.language.as_str().to_string(),
-            answer_url: answer_url(state, message_id),
+            answer_url: urls.answer.clone(),
             one_key: !page.pin_required,
             no_input: words.goodbye_silent.to_string(),
         },
@@ -293,7 +301,8 @@ pub async fn answer(
         // verified: nothing changes.
         return forbidden();
     }
-    let step = match next_step(&state, &message_id, &call, &fields).await {
+    let urls = twiml_urls(&state, &message_id);
+    let step = match next_step(&state, &message_id, &call, &fields, &urls).await {
         Ok(step) => step,
         Err(refusal) => return refusal.into_response(),
     };
@@ -311,6 +320,7 @@ async fn next_step(
     message_id: &str,
     call: &VoiceCall,
     fields: &Fields,
+    urls: &CallUrls,
 ) -> Result<CallStep, Refusal> {
     let words = words(call.language);
     let digits = field(fields, "Digits").unwrap_or_default().trim();
@@ -328,7 +338,7 @@ async fn next_step(
                 language: call.language.as_str().to_string(),
             })
         } else {
-            ask(state, message_id, call, Some(words.silence)).await
+            ask(state, call, Some(words.silence), urls).await
         };
     }
     let page_pin_required = {
@@ -350,7 +360,7 @@ async fn next_step(
         (true, digits) => (true, Some(digits.to_string())),
         (false, "1") => (true, None),
         (false, "2") => (false, None),
-        (false, _) => return ask(state, message_id, call, Some(words.one_or_two)).await,
+        (false, _) => return ask(state, call, Some(words.one_or_two), urls).await,
     };
     let outcome = state
         .engine
@@ -368,7 +378,7 @@ async fn next_step(
         Some(AnswerOutcome::Approved) => end(words.approved),
         Some(AnswerOutcome::Declined) => end(words.declined),
         Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. }) => {
-            ask(state, message_id, call, Some(words.wrong_pin)).await
+            ask(state, call, Some(words.wrong_pin), urls).await
         }
         Some(AnswerOutcome::PinTriesExceeded) => end(words.pin_tries),
         Some(AnswerOutcome::LockedOut { .. }) => end(words.locked),
@@ -601,7 +611,7 @@ pub async fn recording(
                 return unavailable(error).into_response();
             }
             call.speaker_verified = true;
-            return match ask(&state, &message_id, &call, None).await {
+            return match ask(&state, &call, None, &twiml_urls(&state, &message_id)).await {
                 Ok(step) => render(adapter.as_ref(), step),
                 Err(refusal) => refusal.into_response(),
             };
@@ -624,4 +634,141 @@ pub async fn recording(
         return unavailable(error).into_response();
     }
     render(adapter.as_ref(), end(call.language, declined))
+}
+
+/// The voice adapter, if this request carries the token its URL was given for `purpose`
+/// (VoiceXML platforms sign nothing).
+fn with_url_token(
+    state: &AppState,
+    message_id: &str,
+    purpose: &str,
+    token: &str,
+) -> Option<Arc<dyn Channel>> {
+    let adapter = state.peer_channels.get(&ChannelName::Voice)?.clone();
+    let expected = adapter.call_url_token(message_id, purpose)?;
+    paystep_channel_core::constant_time_equal(token.as_bytes(), expected.as_bytes())
+        .then_some(adapter)
+}
+
+/// A fresh single-use answer URL for a VoiceXML call.
+async fn vxml_urls(state: &AppState, message_id: &str) -> Result<CallUrls, Refusal> {
+    let token = state
+        .engine
+        .issue_call_token(message_id)
+        .await
+        .map_err(unavailable)?;
+    let answer = format!(
+        "{}/voice/vxml/calls/{message_id}/answer/{token}",
+        state.engine.settings.http.public_url
+    );
+    Ok(CallUrls {
+        recording: answer.clone(),
+        answer,
+    })
+}
+
+/// The one call a VoiceXML message has: its platform has no call ids to tell calls apart.
+const VXML_CALL: &str = "voicexml";
+
+/// `GET|POST /voice/vxml/calls/{message_id}/{token}`: the call's first document. The URL
+/// serves one fetch.
+pub async fn vxml_script(
+    State(state): State<AppState>,
+    Path((message_id, token)): Path<(String, String)>,
+) -> Response {
+    let Some(adapter) = with_url_token(&state, &message_id, "script", &token) else {
+        return forbidden();
+    };
+    let call = match state
+        .engine
+        .bind_call_once(&message_id, VXML_CALL, true)
+        .await
+    {
+        Ok(CallBinding::Bound(call)) => call,
+        Ok(CallBinding::Unknown) => return Refusal::NotFound("no such call").into_response(),
+        Ok(CallBinding::OtherCall) => return forbidden(),
+        Err(error) => return unavailable(error).into_response(),
+    };
+    let step = async {
+        let urls = vxml_urls(&state, &message_id).await?;
+        ask(&state, &call, None, &urls).await
+    }
+    .await;
+    match step {
+        Ok(step) => render(adapter.as_ref(), step),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `POST /voice/vxml/calls/{message_id}/answer/{token}`: the digits a `<submit>` posted,
+/// with the single-use token of the document that asked.
+pub async fn vxml_answer(
+    State(state): State<AppState>,
+    Path((message_id, token)): Path<(String, String)>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = state.peer_channels.get(&ChannelName::Voice).cloned() else {
+        return forbidden();
+    };
+    match state.engine.take_call_token(&message_id, &token).await {
+        Ok(true) => {}
+        Ok(false) => return forbidden(),
+        Err(error) => return unavailable(error).into_response(),
+    }
+    let call = match state.engine.bind_call(&message_id, VXML_CALL).await {
+        Ok(CallBinding::Bound(call)) if !call.finished => call,
+        Ok(_) => return forbidden(),
+        Err(error) => return unavailable(error).into_response(),
+    };
+    let digits = field(&fields, "digits").unwrap_or_default().to_string();
+    let answer = vec![("Digits".to_string(), digits)];
+    let step = async {
+        let urls = vxml_urls(&state, &message_id).await?;
+        next_step(&state, &message_id, &call, &answer, &urls).await
+    }
+    .await;
+    let step = match step {
+        Ok(step) => step,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if matches!(step, CallStep::End { .. }) {
+        if let Err(error) = state.engine.finish_call(&message_id).await {
+            return unavailable(error).into_response();
+        }
+    }
+    render(adapter.as_ref(), step)
+}
+
+#[derive(serde::Deserialize)]
+pub struct VxmlStatus {
+    status: String,
+}
+
+/// `POST /voice/vxml/calls/{message_id}/status/{token}`: how the call went, as JSON
+/// `{"status": "completed"|"busy"|"no-answer"|"failed"|"canceled"}`.
+pub async fn vxml_status(
+    State(state): State<AppState>,
+    Path((message_id, token)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if with_url_token(&state, &message_id, "status", &token).is_none() {
+        return forbidden();
+    }
+    let Ok(VxmlStatus { status }) = serde_json::from_slice::<VxmlStatus>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a JSON body with status is required",
+        )
+            .into_response();
+    };
+    let message = InboundMessage::DeliveryReceipt {
+        channel: ChannelName::Voice,
+        remote_id: message_id,
+        state: status.to_ascii_uppercase(),
+        error: None,
+    };
+    match state.engine.receive(message).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => unavailable(error).into_response(),
+    }
 }

@@ -13,13 +13,14 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{eventually, spawn_app_with, Db, TestApp, PIN, PUBLIC_URL};
+use crate::helpers::{eventually, spawn_app_with, Db, Retailer, TestApp, PIN, PUBLIC_URL};
 use crate::on_both_databases;
 use crate::sms::{sms_settings, Smsc};
 
 const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
 const AUTH_TOKEN: &str = "voice-auth-token-1234567890";
 const CUSTOMER: &str = "+491701112233";
+const VXML_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 struct Platform {
     port: u16,
@@ -40,7 +41,7 @@ impl Platform {
                 "/tests/peers/voice_platform.py"
             ))
             .args(["--port", &port.to_string(), "--account-sid", ACCOUNT_SID])
-            .args(["--auth-token", AUTH_TOKEN])
+            .args(["--auth-token", AUTH_TOKEN, "--vxml-secret", VXML_SECRET])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -197,6 +198,44 @@ fn said(twiml: &str) -> String {
         .join(" ")
 }
 
+/// A step that fits the release, then one that does not: 202, and the top-up request goes
+/// out as a call.
+async fn step_until_a_top_up_is_asked(app: &TestApp, retailer: &Retailer, process_id: &str) {
+    let fits = app.step(retailer, process_id, "10.00").await;
+    assert_eq!(fits.status, StatusCode::CREATED, "{}", fits.body);
+    let too_big = app.step(retailer, process_id, "5.00").await;
+    assert_eq!(too_big.status, StatusCode::ACCEPTED, "{}", too_big.body);
+}
+
+/// After the top-up was confirmed: every step charged, the process closes, the ledger holds.
+async fn close_after_the_top_up(app: &TestApp, retailer: &Retailer, process_id: &str) {
+    let steps = app
+        .get(retailer, &format!("/v1/processes/{process_id}/steps"))
+        .await;
+    let statuses: Vec<&Value> = steps.body["steps"]
+        .as_array()
+        .expect("a list of steps")
+        .iter()
+        .map(|step| &step["status"])
+        .collect();
+    assert_eq!(
+        statuses,
+        [&json!("charged"), &json!("charged")],
+        "{}",
+        steps.body
+    );
+    let closed = app
+        .post(
+            retailer,
+            &format!("/v1/processes/{process_id}/close"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(closed.status, StatusCode::OK, "{}", closed.body);
+    assert_eq!(closed.body["status"], "closed");
+    app.assert_ledger_holds().await;
+}
+
 async fn wait_for_call(platform: &Platform, to: &str, nth: usize) -> Value {
     let mut calls = Vec::new();
     for _ in 0..300 {
@@ -332,7 +371,20 @@ async fn a_voice_request_is_confirmed_by_keying_the_pin(db: Db) {
             })
     })
     .await;
-    app.assert_ledger_holds().await;
+    // Steps, a top-up confirmed by a second call, close.
+    step_until_a_top_up_is_asked(&app, &retailer, process_id).await;
+    let second = wait_for_call(&platform, CUSTOMER, 2).await;
+    let sid = second["sid"].as_str().unwrap();
+    let (_, script) = platform.step("/_control/fetch", json!({"sid": sid})).await;
+    assert!(
+        said(&script).starts_with("Garage Nord asks for twelve euros fifty more"),
+        "{script}"
+    );
+    let (_, done) = platform
+        .step("/_control/gather", json!({"sid": sid, "digits": PIN}))
+        .await;
+    assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
+    close_after_the_top_up(&app, &retailer, process_id).await;
 }
 
 async fn without_a_pin_one_approves_and_two_declines_and_silence_ends_politely(db: Db) {
@@ -419,6 +471,28 @@ async fn without_a_pin_one_approves_and_two_declines_and_silence_ends_politely(d
         app.process(&retailer, approved["id"].as_str().unwrap())
             .await["status"],
         "active"
+    );
+    // Hung up before any answer: the request stays open until it expires; no new call.
+    let hung_up = open("4.00").await;
+    let call = wait_for_call(&platform, CUSTOMER, 4).await;
+    let sid = call["sid"].as_str().unwrap().to_string();
+    platform.step("/_control/fetch", json!({"sid": sid})).await;
+    let (status, _) = platform
+        .step(
+            "/_control/status",
+            json!({"sid": sid, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        app.process(&retailer, hung_up["id"].as_str().unwrap())
+            .await["status"],
+        "awaiting_confirmation"
+    );
+    assert_eq!(
+        platform.calls().await.len(),
+        4,
+        "no call again after a hang-up"
     );
     app.assert_ledger_holds().await;
 }
@@ -725,7 +799,229 @@ async fn the_voice_id_hook_accepts_rejects_and_times_out(db: Db) {
     app.assert_ledger_holds().await;
 }
 
+/// The VoiceXML 2.1 structure a browser needs: the root and its version, a form, and in it
+/// either a field that gathers digits and submits them (its `next` absolute, so resolvable
+/// wherever the document came from) or a block that speaks and exits. Returns the prompts.
+fn check_vxml(document: &str) -> Vec<String> {
+    let mut reader = quick_xml::Reader::from_str(document);
+    let mut path: Vec<String> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut prompts = Vec::new();
+    loop {
+        let event = reader
+            .read_event()
+            .unwrap_or_else(|error| panic!("not XML ({error}): {document}"));
+        let (element, empty) = match &event {
+            Event::Start(element) => (element.clone(), false),
+            Event::Empty(element) => (element.clone(), true),
+            Event::End(_) => {
+                path.pop();
+                continue;
+            }
+            Event::Text(text) => {
+                if path.last().is_some_and(|name| name == "prompt") {
+                    prompts.push(text.decode().unwrap().into_owned());
+                }
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        let name = String::from_utf8(element.name().as_ref().to_vec()).unwrap();
+        let attribute = |key: &str| {
+            element
+                .try_get_attribute(key)
+                .unwrap()
+                .map(|value| value.unescape_value().unwrap().into_owned())
+        };
+        if path.is_empty() {
+            assert_eq!(name, "vxml", "{document}");
+            assert_eq!(attribute("version").as_deref(), Some("2.1"), "{document}");
+        }
+        if name == "submit" {
+            let next = attribute("next").expect("a submit has a next");
+            assert!(
+                next.starts_with(&format!("{PUBLIC_URL}/voice/vxml/calls/")),
+                "{next}"
+            );
+            assert!(attribute("namelist").is_some(), "{document}");
+        }
+        seen.push(
+            format!("{}/{name}", path.join("/"))
+                .trim_start_matches('/')
+                .to_string(),
+        );
+        if !empty {
+            path.push(name);
+        }
+    }
+    assert!(seen.iter().any(|item| item == "vxml/form"), "{seen:?}");
+    let asks = seen
+        .iter()
+        .any(|item| item == "vxml/form/field/filled/submit");
+    let ends = seen.iter().any(|item| item == "vxml/form/block/exit");
+    assert!(
+        asks || ends,
+        "neither a field that submits nor a block that exits: {seen:?}"
+    );
+    if asks {
+        for handler in ["noinput", "nomatch"] {
+            assert!(
+                seen.iter()
+                    .any(|item| item == &format!("vxml/form/field/{handler}/submit")),
+                "no {handler} handler: {seen:?}"
+            );
+        }
+        assert!(
+            seen.iter().any(|item| item == "vxml/form/field/prompt"),
+            "{seen:?}"
+        );
+    }
+    prompts
+}
+
+async fn a_voicexml_call_is_confirmed_by_keying_the_pin(db: Db) {
+    let platform = Platform::start().await;
+    let voice = VoiceSettings {
+        dialect: Dialect::Voicexml,
+        api_url: None,
+        account_sid: None,
+        auth_token: None,
+        originate_url: Some(platform.url("/originate")),
+        secret: Some(VXML_SECRET.into()),
+        ..voice_settings(&platform)
+    };
+    let app = spawn_app_with(db, move |settings| {
+        settings.channels.voice = Some(voice);
+    })
+    .await;
+    platform
+        .control(
+            "/_control/route",
+            json!({"from": PUBLIC_URL, "to": app.address}),
+        )
+        .await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Jonas", "msisdn": CUSTOMER, "pin": PIN, "language": "de",
+               "preferred_channel": "voice"}),
+        "100.00",
+    )
+    .await;
+    let process = app
+        .open_process(
+            &retailer,
+            json!({"customer": {"msisdn": CUSTOMER}, "currency": "EUR", "release": "12.50",
+                   "description": "Parken"}),
+        )
+        .await;
+    let process_id = process["id"].as_str().unwrap();
+    // The platform took the originate request only with a valid Standard Webhooks signature.
+    let call = wait_for_call(&platform, CUSTOMER, 1).await;
+    let call_id = call["sid"].as_str().unwrap().to_string();
+    let script_url = call["url"].as_str().unwrap();
+    assert!(script_url.starts_with(&format!("{PUBLIC_URL}/voice/vxml/calls/{call_id}/")));
+
+    let (status, document) = platform
+        .step("/_control/vxml/fetch", json!({"call_id": call_id}))
+        .await;
+    assert_eq!(status, 200, "{document}");
+    let prompts = check_vxml(&document);
+    assert_eq!(
+        prompts,
+        [
+            "Garage Nord bittet um Freigabe von zwölf Euro fünfzig für Parken. \
+          Bitte geben Sie Ihre PIN ein und drücken Sie dann die Rautetaste."
+        ]
+    );
+    assert!(!document.contains(PIN));
+    // The script URL serves one fetch.
+    let (status, _) = platform
+        .step("/_control/vxml/fetch", json!({"call_id": call_id}))
+        .await;
+    assert_eq!(status, 403);
+
+    let (status, again) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": "0000"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert!(
+        check_vxml(&again)[0].starts_with("Diese PIN stimmt nicht."),
+        "{again}"
+    );
+    // The token of an answered document is used up.
+    let (status, _) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "replay": true}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        app.process(&retailer, process_id).await["status"],
+        "awaiting_confirmation"
+    );
+
+    let (status, done) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": PIN}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(
+        check_vxml(&done),
+        ["Danke. Der Betrag ist freigegeben. Auf Wiederhören."]
+    );
+    assert_eq!(app.process(&retailer, process_id).await["status"], "active");
+
+    let (status, _) = platform
+        .step(
+            "/_control/vxml/status",
+            json!({"call_id": call_id, "status": "completed"}),
+        )
+        .await;
+    assert_eq!(status, 204);
+    eventually(10, "the call's state is on its message", || async {
+        let listed = app.admin_get("/admin/v1/outbox?limit=100").await;
+        listed.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|message| {
+                message["channel"] == "voice" && message["delivery_state"] == "COMPLETED"
+            })
+    })
+    .await;
+    // Steps, a top-up confirmed by a second call, close.
+    step_until_a_top_up_is_asked(&app, &retailer, process_id).await;
+    let second = wait_for_call(&platform, CUSTOMER, 2).await;
+    let call_id = second["sid"].as_str().unwrap();
+    let (_, document) = platform
+        .step("/_control/vxml/fetch", json!({"call_id": call_id}))
+        .await;
+    assert!(
+        check_vxml(&document)[0].starts_with("Garage Nord bittet um weitere zwölf Euro fünfzig"),
+        "{document}"
+    );
+    let (_, done) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": PIN}),
+        )
+        .await;
+    assert_eq!(
+        check_vxml(&done),
+        ["Danke. Der Betrag ist freigegeben. Auf Wiederhören."]
+    );
+    close_after_the_top_up(&app, &retailer, process_id).await;
+}
+
 on_both_databases!(
+    a_voicexml_call_is_confirmed_by_keying_the_pin,
     the_voice_id_hook_accepts_rejects_and_times_out,
     a_caller_pays_a_till_code_by_phone,
     a_busy_line_is_called_again_then_the_request_goes_by_sms,

@@ -216,14 +216,15 @@ async fn a_confirmation_request_is_pushed_through_kannel_and_confirmed(db: Db) {
     assert_eq!(message["kind"], "confirmation_request");
     assert_eq!(si.si_id, message["id"].as_str().unwrap(), "{xml}");
     let ttl_s = app.engine.settings.engine.confirmation_ttl_s;
-    assert_eq!(
-        si.si_expires,
-        wap_date(message["created_at"].as_str().unwrap(), ttl_s),
+    // The request's expiry, or a second before it (see wap_push::wap_date).
+    let created_at = message["created_at"].as_str().unwrap();
+    assert!(
+        [wap_date(created_at, ttl_s), wap_date(created_at, ttl_s - 1)].contains(&si.si_expires),
         "{xml}"
     );
     // Same format, so the strings order as the times do: made when it was sent.
     assert!(
-        si.created >= wap_date(message["created_at"].as_str().unwrap(), 0),
+        si.created >= wap_date(message["created_at"].as_str().unwrap(), -1),
         "{xml}"
     );
     let code = process["code"].as_str().unwrap();
@@ -290,8 +291,11 @@ async fn a_push_while_kannel_is_down_arrives_once_after_it_is_back(db: Db) {
         outbox_of(&app, &process_id, "wap_push").await[0]["status"] == "delivered"
     })
     .await;
-    // A second push after the first is a barrier: Kannel sends in order, so once it has
-    // arrived, any repeat of the first would have too.
+    // The first push reaches the SMSC; a second one follows it. Once both are there, the
+    // SMSC holds exactly two pushes, one of each: the retries before Kannel came back sent
+    // nothing, and the delivered push is never sent again. (Kannel may pass pushes on out of
+    // order right after a restart, so the order is not checked.)
+    wait_for_pushes(&smsc, &kannel, PUSHABLE, 1).await;
     let second = open(&app, &retailer, PUSHABLE).await;
     let second_id = second["id"].as_str().unwrap().to_string();
     let pushes = wait_for_pushes(&smsc, &kannel, PUSHABLE, 2).await;
@@ -307,11 +311,10 @@ async fn a_push_while_kannel_is_down_arrives_once_after_it_is_back(db: Db) {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(
-        si_ids,
-        [first_id, second_message],
-        "each push exactly once, in order"
-    );
+    si_ids.sort();
+    let mut expected = vec![first_id, second_message];
+    expected.sort();
+    assert_eq!(si_ids, expected, "each push exactly once");
 }
 
 async fn a_push_refused_for_good_is_dead_lettered_and_goes_by_sms_once(db: Db) {

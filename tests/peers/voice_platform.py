@@ -29,6 +29,13 @@ Control API (JSON in and out):
   POST /verify                       a speaker-verification service: {"match": ...} as
                                      /_control/verifier {"mode": "match"|"reject"|"slow"} says
   GET  /_verifications               what /verify was asked
+With --vxml-secret it is also a VoiceXML platform: POST /originate (JSON call_id, to, from,
+url, status_url, signed as Standard Webhooks, checked with the standardwebhooks package), and
+  POST /_control/vxml/fetch {"call_id"}   GETs the call's url (its first document)
+  POST /_control/vxml/submit {"call_id", "digits", "event"?, "replay"?}
+                                     follows the document's <filled> (or <noinput>, ...)
+                                     <submit next namelist>, posting the digits
+  POST /_control/vxml/status {"call_id", "status"}  POSTs {"status"} to the status_url
 Prints `listening` when it accepts connections.
 """
 
@@ -44,7 +51,10 @@ import urllib.request
 import xml.etree.ElementTree as ElementTree
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twilio.request_validator import RequestValidator
+
+VXML = "{http://www.w3.org/2001/vxml}"
 
 lock = threading.Lock()
 calls = {}
@@ -82,6 +92,16 @@ def post_signed(url, fields, token, tamper=False):
         return error.code, error.read().decode()
     except urllib.error.URLError as error:
         # Nothing answered at that URL: say so to the test instead of dying.
+        return 0, str(error)
+
+
+def send(request):
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except urllib.error.URLError as error:
         return 0, str(error)
 
 
@@ -148,6 +168,10 @@ class Handler(BaseHTTPRequestHandler):
             with lock:
                 refusals.append((command["status"], command.get("body", {})))
             return self.reply(200, {})
+        if path == "/originate":
+            return self.originate(body)
+        if path.startswith("/_control/vxml/"):
+            return self.vxml(path, command)
         if path == "/_control/incoming":
             return self.incoming(command)
         if path == "/verify":
@@ -194,6 +218,71 @@ class Handler(BaseHTTPRequestHandler):
             status, text = post_signed(call["status_callback"], fields, args.auth_token)
             return self.reply(200, {"status": status, "body": text})
         return self.reply(404, {"message": "unknown control"})
+
+    def originate(self, body):
+        """A VoiceXML platform's originate endpoint: Standard Webhooks signature required."""
+        if args.vxml_secret is None:
+            return self.reply(404, {"message": "no VoiceXML here"})
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        try:
+            request = Webhook(args.vxml_secret).verify(body, headers)
+        except WebhookVerificationError as error:
+            return self.reply(401, {"message": str(error)})
+        call = {
+            "sid": request["call_id"],
+            "to": request["to"],
+            "from": request["from"],
+            "url": request["url"],
+            "status_url": request["status_url"],
+            "document": None,
+            "dialect": "voicexml",
+        }
+        with lock:
+            calls[call["sid"]] = call
+            order.append(call["sid"])
+        return self.reply(200, {"call_id": call["sid"], "status": "queued"})
+
+    def vxml(self, path, command):
+        """Behaves like a VoiceXML browser in the call: fetch, then follow <submit>."""
+        with lock:
+            call = calls.get(command.get("call_id"))
+        if call is None:
+            return self.reply(404, {"message": "no such call"})
+        if path == "/_control/vxml/fetch":
+            request = urllib.request.Request(routed(call["url"]), method="GET")
+            status, text = send(request)
+        elif path == "/_control/vxml/submit":
+            if command.get("replay"):
+                url, fields = call["last_submit"]
+            else:
+                field = ElementTree.fromstring(call["document"]).find(f"{VXML}form/{VXML}field")
+                handler = command.get("event", "filled")
+                submit = field.find(f"{VXML}{handler}/{VXML}submit")
+                url = submit.get("next")
+                names = submit.get("namelist").split()
+                fields = {name: command.get("digits", "") for name in names}
+                call["last_submit"] = (url, fields)
+            data = urllib.parse.urlencode(fields).encode()
+            request = urllib.request.Request(
+                routed(url),
+                data=data,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+                method="POST",
+            )
+            status, text = send(request)
+        elif path == "/_control/vxml/status":
+            request = urllib.request.Request(
+                routed(call["status_url"]),
+                data=json.dumps({"status": command["status"]}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            status, text = send(request)
+        else:
+            return self.reply(404, {"message": "unknown control"})
+        if status == 200 and path != "/_control/vxml/status":
+            call["document"] = text
+        return self.reply(200, {"status": status, "body": text})
 
     def verify(self, command):
         """The speaker-verification service: match, reject, or too slow to answer."""
@@ -258,6 +347,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--account-sid", required=True)
     parser.add_argument("--auth-token", required=True)
+    parser.add_argument("--vxml-secret", help="a whsec_ secret: also a VoiceXML platform")
     args = parser.parse_args()
     server = Server(("127.0.0.1", args.port), Handler)
     print("listening", flush=True)

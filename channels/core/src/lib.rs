@@ -98,6 +98,12 @@ pub trait Channel: Send + Sync {
         None
     }
 
+    /// The secret token the URL of a call's `purpose` ("script", "status") carries, for
+    /// platforms that do not sign their requests (VoiceXML); `None` otherwise.
+    fn call_url_token(&self, _message_id: &str, _purpose: &str) -> Option<String> {
+        None
+    }
+
     /// Asks the speaker-verification service whether a recorded phrase is the customer's
     /// voice (claim 13); `None` for adapters without one.
     async fn verify_speaker(&self, _sample: &SpeakerSample<'_>) -> Option<SpeakerVerdict> {

@@ -6,12 +6,15 @@
 //! back. The core serves those requests (`src/http/voice.rs`) and decides what the call says
 //! next; this adapter checks the platform's signatures and writes each step as TwiML.
 //!
-//! The `voicexml` dialect is read from the configuration but refused by `validate` until its
-//! scripts are served.
+//! The `voicexml` dialect originates calls with a JSON request signed as Standard Webhooks;
+//! the platform fetches `{public_url}/voice/vxml/calls/{message id}/{token}`, where the token
+//! is an HMAC of the message id under the channel's secret, and every later URL carries a
+//! single-use random token the core issues.
 
 mod settings;
 mod signature;
 pub mod twiml;
+pub mod voicexml;
 
 use std::time::Duration;
 
@@ -59,14 +62,7 @@ impl VoiceChannel {
         public_url: &str,
     ) -> Result<VoiceChannel, VoiceSetupError> {
         let mut problems = Problems::new();
-        problems.under("channels.voice", |problems| {
-            settings.validate(problems);
-            problems.require(
-                settings.dialect == Dialect::Twiml,
-                "dialect",
-                "voicexml is not served yet; use twiml",
-            );
-        });
+        problems.under("channels.voice", |problems| settings.validate(problems));
         if !problems.is_empty() {
             return Err(VoiceSetupError::Invalid(problems.into_vec()));
         }
@@ -84,7 +80,87 @@ impl VoiceChannel {
 
     /// The script URL of the call that delivers `message_id`.
     pub fn script_url(&self, message_id: &str) -> String {
-        format!("{}/voice/twiml/calls/{message_id}", self.public_url)
+        match self.settings.dialect {
+            Dialect::Twiml => format!("{}/voice/twiml/calls/{message_id}", self.public_url),
+            Dialect::Voicexml => format!(
+                "{}/voice/vxml/calls/{message_id}/{}",
+                self.public_url,
+                self.url_token(message_id, "script")
+            ),
+        }
+    }
+
+    /// base64url(HMAC-SHA256(secret, "{purpose}:{message_id}")): unguessable without the
+    /// secret, the same on every attempt of the message.
+    fn url_token(&self, message_id: &str, purpose: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let secret = self
+            .settings
+            .secret
+            .as_ref()
+            .map(|secret| secret.expose())
+            .unwrap_or_default();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("{purpose}:{message_id}").as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Originates a VoiceXML call: JSON signed as Standard Webhooks with the secret.
+    async fn originate_voicexml_call(
+        &self,
+        message: &OutboundMessage,
+    ) -> Result<Delivery, SendError> {
+        let body = serde_json::json!({
+            "call_id": message.id,
+            "to": message.to,
+            "from": self.settings.from,
+            "url": self.script_url(&message.id),
+            "status_url": format!(
+                "{}/voice/vxml/calls/{}/status/{}",
+                self.public_url,
+                message.id,
+                self.url_token(&message.id, "status")
+            ),
+        })
+        .to_string();
+        let secret = self
+            .settings
+            .secret
+            .as_ref()
+            .map(|secret| secret.expose().to_string())
+            .unwrap_or_default();
+        let timestamp_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or_default();
+        let signature =
+            crate::webhook::signature_header(&[secret], &message.id, timestamp_s, &body)
+                .map_err(SendError::Permanent)?;
+        let response = self
+            .client
+            .post(self.settings.originate_url.as_deref().unwrap_or_default())
+            .header("content-type", "application/json")
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp_s.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|error| {
+                SendError::Retriable(format!("the voice platform did not answer: {error}"))
+            })?;
+        let status = response.status();
+        let answer = bounded_body(response).await;
+        let reason = format!("the voice platform answered {status}: {answer}");
+        match classify_status(status) {
+            Verdict::Accepted => Ok(Delivery {
+                remote_id: Some(message.id.clone()),
+            }),
+            Verdict::Retriable => Err(SendError::Retriable(reason)),
+            Verdict::Permanent => Err(SendError::Permanent(reason)),
+        }
     }
 
     fn auth_token(&self) -> &str {
@@ -206,9 +282,7 @@ impl Channel for VoiceChannel {
         }
         match self.settings.dialect {
             Dialect::Twiml => self.place_twiml_call(message).await,
-            Dialect::Voicexml => Err(SendError::Permanent(
-                "the voicexml dialect is not served yet".into(),
-            )),
+            Dialect::Voicexml => self.originate_voicexml_call(message).await,
         }
     }
 
@@ -218,6 +292,16 @@ impl Channel for VoiceChannel {
             channel: ChannelName::Voice,
             reason,
         };
+        if self.settings.dialect == Dialect::Voicexml {
+            // No standard account endpoint: the originate URL answering at all will do.
+            let url = self.settings.originate_url.as_deref().unwrap_or_default();
+            return match self.client.head(url).send().await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(unhealthy(format!(
+                    "the voice platform at {url} does not answer: {error}"
+                ))),
+            };
+        }
         let api_url = self.settings.api_url.as_deref().unwrap_or_default();
         let account_sid = self.settings.account_sid.as_deref().unwrap_or_default();
         let url = format!(
@@ -248,6 +332,10 @@ impl Channel for VoiceChannel {
     }
 
     fn authenticate_call_request(&self, request: &CallRequest<'_>) -> bool {
+        // VoiceXML platforms sign nothing: their URLs carry tokens, checked by the core.
+        if self.settings.dialect != Dialect::Twiml {
+            return false;
+        }
         let Some(signature) = request.signature else {
             return false;
         };
@@ -298,12 +386,19 @@ impl Channel for VoiceChannel {
     }
 
     fn render_call_step(&self, step: &CallStep) -> Option<PeerAnswer> {
-        let body = twiml::render(step).ok()?;
+        let (body, content_type) = match self.settings.dialect {
+            Dialect::Twiml => (twiml::render(step).ok()?, "application/xml"),
+            Dialect::Voicexml => (voicexml::render(step).ok()?, "application/voicexml+xml"),
+        };
         Some(PeerAnswer {
             status: 200,
-            content_type: "application/xml",
+            content_type,
             body,
         })
+    }
+
+    fn call_url_token(&self, message_id: &str, purpose: &str) -> Option<String> {
+        (self.settings.dialect == Dialect::Voicexml).then(|| self.url_token(message_id, purpose))
     }
 }
 

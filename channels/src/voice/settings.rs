@@ -140,6 +140,11 @@ impl VoiceSettings {
             "busy_retries",
             "must be at most 10",
         );
+        problems.require(
+            self.voice_id.is_none() || self.dialect == Dialect::Twiml,
+            "voice_id",
+            "needs the twiml dialect (VoiceXML recordings are not taken yet)",
+        );
         if let Some(voice_id) = &self.voice_id {
             problems.require(
                 http_url(Some(&voice_id.url)),

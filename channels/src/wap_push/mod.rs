@@ -82,10 +82,24 @@ impl WapPushChannel {
     }
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ`, the date form of SI and PAP.
+/// `YYYY-MM-DDThh:mm:ssZ`, the date form of SI and PAP, never later than `unix_ms`.
+///
+/// SI dates travel as packed digits with trailing zero digits dropped. Kannel drops them
+/// one digit at a time, so a date whose digits end in an odd number of zeros ("...15:08:10")
+/// leaves half an octet, and the handset (or any WBXML decoder) gets a broken SI. Such a date
+/// is moved back a second ("...15:08:09"), which is never later than the request's own
+/// expiry; every date is at most one second early.
 fn wap_date(unix_ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(unix_ms)
-        .map(|date| date.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    let mut unix_s = unix_ms.div_euclid(1000);
+    for _ in 0..3 {
+        let date = chrono::DateTime::from_timestamp(unix_s, 0)?;
+        let digits = date.format("%Y%m%d%H%M%S").to_string();
+        if digits.trim_end_matches('0').len() % 2 == 0 {
+            return Some(date.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        }
+        unix_s -= 1;
+    }
+    None
 }
 
 /// The push address for an international MSISDN.
@@ -271,5 +285,17 @@ mod tests {
     #[test]
     fn dates_are_utc_seconds() {
         assert_eq!(wap_date(1_796_212_800_000).unwrap(), "2026-12-02T12:00:00Z");
+        assert_eq!(wap_date(1_796_212_801_999).unwrap(), "2026-12-02T12:00:01Z");
+    }
+
+    #[test]
+    fn dates_whose_digits_end_in_an_odd_run_of_zeros_move_back_a_second() {
+        // 12:00:10 packs as 20261202120001 after Kannel drops one zero: half an octet.
+        assert_eq!(wap_date(1_796_212_810_000).unwrap(), "2026-12-02T12:00:09Z");
+        // 12:10:00 -> 12:09:59; midnight on the 10th -> 23:59:59 the day before.
+        assert_eq!(wap_date(1_796_213_400_000).unwrap(), "2026-12-02T12:09:59Z");
+        assert_eq!(wap_date(1_796_860_800_000).unwrap(), "2026-12-09T23:59:59Z");
+        // An even run of zeros is left as it is.
+        assert_eq!(wap_date(1_796_216_400_000).unwrap(), "2026-12-02T13:00:00Z");
     }
 }

@@ -210,8 +210,9 @@ pub async fn decode_push(push: &ReceivedPush) -> String {
         .expect("python3 runs the decoder");
     assert!(
         output.status.success(),
-        "the push does not decode: {}",
-        String::from_utf8_lossy(&output.stderr)
+        "the push does not decode: {} (segments: {:?})",
+        String::from_utf8_lossy(&output.stderr),
+        push.segments_hex
     );
     String::from_utf8(output.stdout).expect("the SI is UTF-8")
 }
