@@ -99,6 +99,7 @@ fn settings_with(api_url: &str, auth_token: &str) -> VoiceSettings {
         auth_token: Some(auth_token.into()),
         originate_url: None,
         secret: None,
+        incoming_token: None,
         from: "+4930123456".to_string(),
         timeout_ms: 2_000,
         connect_timeout_ms: 1_000,

@@ -94,6 +94,18 @@ pub fn router(state: AppState) -> Router {
             "/voice/vxml/calls/{message_id}/status/{token}",
             post(voice::vxml_status),
         )
+        .route(
+            "/voice/vxml/incoming/{token}",
+            get(voice::vxml_incoming).post(voice::vxml_incoming),
+        )
+        .route(
+            "/voice/vxml/incoming/{token}/code",
+            post(voice::vxml_incoming_code),
+        )
+        .route(
+            "/voice/vxml/incoming/{token}/pin",
+            post(voice::vxml_incoming_pin),
+        )
         .route("/voice/twiml/incoming", post(voice::incoming))
         .route("/voice/twiml/incoming/code", post(voice::incoming_code))
         .route("/voice/twiml/incoming/pin", post(voice::incoming_pin))

@@ -420,8 +420,111 @@ pub async fn status(
     }
 }
 
-/// `POST /voice/twiml/incoming`: a call to the service number (claim 9 by phone). The
-/// caller, known by the calling number, keys a till code, then the PIN.
+/// Where an incoming call's keys go next, in its platform's dialect.
+enum Incoming {
+    /// Signed requests; the caller is the request's `From`.
+    Twiml,
+    /// The URL's secret token; the caller travels in the URL (`from`).
+    Vxml { token: String },
+}
+
+impl Incoming {
+    fn code_url(&self, state: &AppState, from: &str) -> String {
+        let base = &state.engine.settings.http.public_url;
+        match self {
+            Incoming::Twiml => format!("{base}/voice/twiml/incoming/code"),
+            Incoming::Vxml { token } => format!(
+                "{base}/voice/vxml/incoming/{token}/code?from={}",
+                url_encoded(from)
+            ),
+        }
+    }
+
+    fn pin_url(&self, state: &AppState, from: &str, code: &str) -> String {
+        let base = &state.engine.settings.http.public_url;
+        match self {
+            Incoming::Twiml => format!("{base}/voice/twiml/incoming/pin?code={code}"),
+            Incoming::Vxml { token } => format!(
+                "{base}/voice/vxml/incoming/{token}/pin?from={}&code={code}",
+                url_encoded(from)
+            ),
+        }
+    }
+}
+
+/// A caller id in a query string: `+` would read as a space.
+fn url_encoded(value: &str) -> String {
+    value
+        .replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('&', "%26")
+}
+
+/// The first step of a call to the service number (claim 9 by phone): the caller, known by
+/// the calling number, keys a till code; an unknown caller is told so and nothing changes.
+async fn incoming_start(
+    state: &AppState,
+    from: &str,
+    incoming: &Incoming,
+) -> Result<CallStep, Refusal> {
+    Ok(
+        match state
+            .engine
+            .phone_customer(from)
+            .await
+            .map_err(unavailable)?
+        {
+            None => end(Language::En, words(Language::En).not_registered),
+            Some((language, _)) => CallStep::Ask {
+                text: words(language).till_code.to_string(),
+                language: language.as_str().to_string(),
+                answer_url: incoming.code_url(state, from),
+                one_key: false,
+                no_input: words(language).goodbye_silent.to_string(),
+            },
+        },
+    )
+}
+
+/// The till code keyed: then the PIN, where one is set, or the claim at once.
+async fn incoming_code_step(
+    state: &AppState,
+    from: &str,
+    code: &str,
+    incoming: &Incoming,
+) -> Result<CallStep, Refusal> {
+    let code = code.trim();
+    Ok(
+        match state
+            .engine
+            .phone_customer(from)
+            .await
+            .map_err(unavailable)?
+        {
+            None => end(Language::En, words(Language::En).not_registered),
+            Some((language, _)) if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) => {
+                end(language, words(language).no_such_code)
+            }
+            Some((language, true)) => CallStep::Ask {
+                text: words(language).enter_pin.to_string(),
+                language: language.as_str().to_string(),
+                answer_url: incoming.pin_url(state, from, code),
+                one_key: false,
+                no_input: words(language).goodbye_silent.to_string(),
+            },
+            Some((_, false)) => till_step(state, from, code, None, incoming).await?,
+        },
+    )
+}
+
+fn respond(adapter: &dyn Channel, step: Result<CallStep, Refusal>) -> Response {
+    match step {
+        Ok(step) => render(adapter, step),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// `POST /voice/twiml/incoming`: a call to the service number.
 pub async fn incoming(
     State(state): State<AppState>,
     uri: Uri,
@@ -432,24 +535,9 @@ pub async fn incoming(
         return forbidden();
     };
     let from = field(&fields, "From").unwrap_or_default();
-    let step = match state.engine.phone_customer(from).await {
-        Ok(None) => end(Language::En, words(Language::En).not_registered),
-        Ok(Some((language, _))) => CallStep::Ask {
-            text: words(language).till_code.to_string(),
-            language: language.as_str().to_string(),
-            answer_url: incoming_url(&state, "code"),
-            one_key: false,
-            no_input: words(language).goodbye_silent.to_string(),
-        },
-        Err(error) => return unavailable(error).into_response(),
-    };
-    render(adapter.as_ref(), step)
-}
-
-fn incoming_url(state: &AppState, step: &str) -> String {
-    format!(
-        "{}/voice/twiml/incoming/{step}",
-        state.engine.settings.http.public_url
+    respond(
+        adapter.as_ref(),
+        incoming_start(&state, from, &Incoming::Twiml).await,
     )
 }
 
@@ -460,7 +548,7 @@ fn end(language: Language, text: &str) -> CallStep {
     }
 }
 
-/// `POST /voice/twiml/incoming/code`: the till code; then the PIN, where one is set.
+/// `POST /voice/twiml/incoming/code`: the till code.
 pub async fn incoming_code(
     State(state): State<AppState>,
     uri: Uri,
@@ -471,26 +559,11 @@ pub async fn incoming_code(
         return forbidden();
     };
     let from = field(&fields, "From").unwrap_or_default();
-    let code = field(&fields, "Digits").unwrap_or_default().trim();
-    let step = match state.engine.phone_customer(from).await {
-        Err(error) => return unavailable(error).into_response(),
-        Ok(None) => end(Language::En, words(Language::En).not_registered),
-        Ok(Some((language, _))) if code.is_empty() || !code.bytes().all(|b| b.is_ascii_digit()) => {
-            end(language, words(language).no_such_code)
-        }
-        Ok(Some((language, true))) => CallStep::Ask {
-            text: words(language).enter_pin.to_string(),
-            language: language.as_str().to_string(),
-            answer_url: format!("{}?code={code}", incoming_url(&state, "pin")),
-            one_key: false,
-            no_input: words(language).goodbye_silent.to_string(),
-        },
-        Ok(Some((_, false))) => match till_step(&state, from, code, None).await {
-            Ok(step) => step,
-            Err(refusal) => return refusal.into_response(),
-        },
-    };
-    render(adapter.as_ref(), step)
+    let code = field(&fields, "Digits").unwrap_or_default();
+    respond(
+        adapter.as_ref(),
+        incoming_code_step(&state, from, code, &Incoming::Twiml).await,
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -514,10 +587,83 @@ pub async fn incoming_pin(
         .unwrap_or_default()
         .trim()
         .to_string();
-    match till_step(&state, from, &till.code, Some(pin)).await {
-        Ok(step) => render(adapter.as_ref(), step),
-        Err(refusal) => refusal.into_response(),
-    }
+    respond(
+        adapter.as_ref(),
+        till_step(&state, from, &till.code, Some(pin), &Incoming::Twiml).await,
+    )
+}
+
+/// The voice adapter, if `token` is the one the service number's VoiceXML URL carries.
+fn vxml_incoming_adapter(state: &AppState, token: &str) -> Option<Arc<dyn Channel>> {
+    with_url_token(state, "service", "incoming", token)
+}
+
+#[derive(serde::Deserialize)]
+pub struct Caller {
+    from: String,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// `GET|POST /voice/vxml/incoming/{token}?from=...`: a call to the service number on a
+/// VoiceXML platform, which puts the caller id in the URL it fetches.
+pub async fn vxml_incoming(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Query(caller): Query<Caller>,
+) -> Response {
+    let Some(adapter) = vxml_incoming_adapter(&state, &token) else {
+        return forbidden();
+    };
+    let incoming = Incoming::Vxml { token };
+    respond(
+        adapter.as_ref(),
+        incoming_start(&state, &caller.from, &incoming).await,
+    )
+}
+
+/// `POST /voice/vxml/incoming/{token}/code?from=...`: the till code (`digits`).
+pub async fn vxml_incoming_code(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Query(caller): Query<Caller>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = vxml_incoming_adapter(&state, &token) else {
+        return forbidden();
+    };
+    let code = field(&fields, "digits").unwrap_or_default();
+    let incoming = Incoming::Vxml {
+        token: token.clone(),
+    };
+    respond(
+        adapter.as_ref(),
+        incoming_code_step(&state, &caller.from, code, &incoming).await,
+    )
+}
+
+/// `POST /voice/vxml/incoming/{token}/pin?from=...&code=...`: the PIN (`digits`).
+pub async fn vxml_incoming_pin(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    Query(caller): Query<Caller>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    let Some(adapter) = vxml_incoming_adapter(&state, &token) else {
+        return forbidden();
+    };
+    let pin = field(&fields, "digits")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let code = caller.code.clone().unwrap_or_default();
+    let incoming = Incoming::Vxml {
+        token: token.clone(),
+    };
+    respond(
+        adapter.as_ref(),
+        till_step(&state, &caller.from, &code, Some(pin), &incoming).await,
+    )
 }
 
 /// Claims the till code as `PAY <code> <PIN>` would, and says how it went.
@@ -526,6 +672,7 @@ async fn till_step(
     from: &str,
     code: &str,
     pin: Option<String>,
+    incoming: &Incoming,
 ) -> Result<CallStep, Refusal> {
     let (claim, language) = state
         .engine
@@ -536,7 +683,7 @@ async fn till_step(
     let retry_pin = || CallStep::Ask {
         text: format!("{} {}", words.wrong_pin, words.enter_pin),
         language: language.as_str().to_string(),
-        answer_url: format!("{}?code={code}", incoming_url(state, "pin")),
+        answer_url: incoming.pin_url(state, from, code),
         one_key: false,
         no_input: words.goodbye_silent.to_string(),
     };

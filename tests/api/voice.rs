@@ -107,6 +107,7 @@ fn voice_settings(platform: &Platform) -> VoiceSettings {
         auth_token: Some(AUTH_TOKEN.into()),
         originate_url: None,
         secret: None,
+        incoming_token: None,
         from: "+4930123456".to_string(),
         timeout_ms: 5_000,
         connect_timeout_ms: 1_000,
@@ -841,7 +842,7 @@ fn check_vxml(document: &str) -> Vec<String> {
         if name == "submit" {
             let next = attribute("next").expect("a submit has a next");
             assert!(
-                next.starts_with(&format!("{PUBLIC_URL}/voice/vxml/calls/")),
+                next.starts_with(&format!("{PUBLIC_URL}/voice/vxml/")),
                 "{next}"
             );
             assert!(attribute("namelist").is_some(), "{document}");
@@ -1020,7 +1021,111 @@ async fn a_voicexml_call_is_confirmed_by_keying_the_pin(db: Db) {
     close_after_the_top_up(&app, &retailer, process_id).await;
 }
 
+/// Claim 9 by phone on a VoiceXML platform: the service number's URL carries the operator's
+/// token and the caller id; a caller keys the till code and the PIN.
+async fn a_caller_pays_a_till_code_by_phone_on_voicexml(db: Db) {
+    const INCOMING_TOKEN: &str = "incoming-token-0123456789abcdefghijkl";
+    let platform = Platform::start().await;
+    let voice = VoiceSettings {
+        dialect: Dialect::Voicexml,
+        api_url: None,
+        account_sid: None,
+        auth_token: None,
+        originate_url: Some(platform.url("/originate")),
+        secret: Some(VXML_SECRET.into()),
+        incoming_token: Some(INCOMING_TOKEN.into()),
+        ..voice_settings(&platform)
+    };
+    let app = spawn_app_with(db, move |settings| {
+        settings.channels.voice = Some(voice);
+    })
+    .await;
+    platform
+        .control(
+            "/_control/route",
+            json!({"from": PUBLIC_URL, "to": app.address}),
+        )
+        .await;
+    let retailer = app.create_retailer().await;
+    app.create_customer_with(
+        json!({"name": "Anna", "msisdn": CUSTOMER, "pin": PIN}),
+        "100.00",
+    )
+    .await;
+    let till = app
+        .open_process(
+            &retailer,
+            json!({"currency": "EUR", "release": "7.50", "description": "Kiosk"}),
+        )
+        .await;
+    let till_id = till["id"].as_str().unwrap();
+    let code = till["code"].as_str().unwrap();
+    let incoming = format!("{PUBLIC_URL}/voice/vxml/incoming/{INCOMING_TOKEN}");
+
+    let forged = platform
+        .control(
+            "/_control/vxml/incoming",
+            json!({"from": CUSTOMER, "url": format!("{PUBLIC_URL}/voice/vxml/incoming/not-the-token-0123456789abcdefghijk")}),
+        )
+        .await;
+    assert_eq!(forged["status"], 403);
+    let stranger = platform
+        .control(
+            "/_control/vxml/incoming",
+            json!({"from": "+4915100000000", "url": incoming}),
+        )
+        .await;
+    assert_eq!(
+        check_vxml(stranger["body"].as_str().unwrap()),
+        ["This number is not registered for payments. Goodbye."]
+    );
+    let call = platform
+        .control(
+            "/_control/vxml/incoming",
+            json!({"from": CUSTOMER, "url": incoming}),
+        )
+        .await;
+    assert_eq!(
+        check_vxml(call["body"].as_str().unwrap()),
+        ["Please key the code shown at the till, then press the hash key."]
+    );
+    let call_id = call["call_id"].as_str().unwrap();
+    let (_, pin_prompt) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": code}),
+        )
+        .await;
+    assert_eq!(
+        check_vxml(&pin_prompt),
+        ["Please enter your PIN, then press the hash key."]
+    );
+    let (_, wrong) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": "0000"}),
+        )
+        .await;
+    assert!(
+        check_vxml(&wrong)[0].starts_with("That PIN is not right."),
+        "{wrong}"
+    );
+    let (_, done) = platform
+        .step(
+            "/_control/vxml/submit",
+            json!({"call_id": call_id, "digits": PIN}),
+        )
+        .await;
+    assert_eq!(
+        check_vxml(&done),
+        ["Thank you. The amount is released. Goodbye."]
+    );
+    assert_eq!(app.process(&retailer, till_id).await["status"], "active");
+    app.assert_ledger_holds().await;
+}
+
 on_both_databases!(
+    a_caller_pays_a_till_code_by_phone_on_voicexml,
     a_voicexml_call_is_confirmed_by_keying_the_pin,
     the_voice_id_hook_accepts_rejects_and_times_out,
     a_caller_pays_a_till_code_by_phone,

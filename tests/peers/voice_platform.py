@@ -36,6 +36,8 @@ url, status_url, signed as Standard Webhooks, checked with the standardwebhooks 
                                      follows the document's <filled> (or <noinput>, ...)
                                      <submit next namelist>, posting the digits
   POST /_control/vxml/status {"call_id", "status"}  POSTs {"status"} to the status_url
+  POST /_control/vxml/incoming {"from", "url"}  a call to the service number: GETs the
+                                     number's URL with ?from=; answers {"call_id", "status", "body"}
 Prints `listening` when it accepts connections.
 """
 
@@ -244,6 +246,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def vxml(self, path, command):
         """Behaves like a VoiceXML browser in the call: fetch, then follow <submit>."""
+        if path == "/_control/vxml/incoming":
+            # A call to the service number: the platform fetches the number's URL with the
+            # caller id in it.
+            sid = "vxml-in-%d" % next(numbers)
+            separator = "&" if "?" in command["url"] else "?"
+            url = command["url"] + separator + urllib.parse.urlencode({"from": command["from"]})
+            call = {"sid": sid, "to": None, "from": command["from"], "url": url,
+                    "status_url": None, "document": None, "dialect": "voicexml"}
+            with lock:
+                calls[sid] = call
+            status, text = send(urllib.request.Request(routed(url), method="GET"))
+            if status == 200:
+                call["document"] = text
+            return self.reply(200, {"call_id": sid, "status": status, "body": text})
         with lock:
             call = calls.get(command.get("call_id"))
         if call is None:

@@ -196,11 +196,13 @@ fn debug_shows_no_secret(peer: &dyn Peer) {
 
 async fn cancelled_sends_leave_the_channel_usable(peer: &dyn Peer) {
     let channel = peer.channel();
-    let cancelled = channel.parallel_sends_max().unwrap_or(4).min(64) + 2;
+    let cancelled = (channel.parallel_sends_max().unwrap_or(4).min(64) + 2).max(14);
     for index in 0..cancelled {
         let message = peer.message(&format!("7d1c2a52-5b0e-4f43-9d1e-0c3f5a6c{index:04}"));
-        // Dropped before its first poll, after it started, and somewhere in between.
-        let after = Duration::from_millis((index % 4) as u64 * 3);
+        // Dropped before its first poll, just after it started, and at points all through
+        // an exchange (an SMTP transaction cut after MAIL FROM once poisoned the pool).
+        const AFTER_MS: [u64; 7] = [0, 1, 2, 4, 6, 9, 14];
+        let after = Duration::from_millis(AFTER_MS[index % AFTER_MS.len()]);
         let _ = tokio::time::timeout(after, channel.send(&message)).await;
     }
     let last = peer.message("7d1c2a52-5b0e-4f43-9d1e-0c3f5a6bffff");

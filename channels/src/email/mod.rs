@@ -17,6 +17,7 @@ pub use settings::{EmailSettings, EmailTls};
 use std::error::Error as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,7 +74,7 @@ pub struct EmailChannel {
     /// lettre's `max_size` only bounds the idle connections it keeps, not how many it opens:
     /// this semaphore bounds the exchanges in flight to `pool_size`, and with them the
     /// connections (a finished exchange hands its connection back to the pool a moment later).
-    sessions: Semaphore,
+    sessions: Arc<Semaphore>,
     pool_size: u32,
     timeout: Duration,
 }
@@ -148,7 +149,7 @@ impl EmailChannel {
             relay: relay_name(&settings.host, settings.port),
             tls: settings.tls,
             username: settings.username.clone(),
-            sessions: Semaphore::new(settings.pool_size as usize),
+            sessions: Arc::new(Semaphore::new(settings.pool_size as usize)),
             pool_size: settings.pool_size,
             timeout,
         })
@@ -322,24 +323,32 @@ fn certificate_hint(error: &rustls::Error) -> &'static str {
     }
 }
 
+/// Runs one SMTP exchange on a pooled connection, bounded in time: lettre bounds only the TCP
+/// connect, not the TLS handshake or the replies. A timed-out exchange may leave its
+/// connection in the pool; lettre's NOOP check before reuse then drops it if it is dead.
+async fn bounded<T>(
+    sessions: &Semaphore,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, Failure> {
+    let _session = tokio::time::timeout(timeout, sessions.acquire())
+        .await
+        .map_err(|_elapsed| Failure::ConnectionsBusy)?
+        .expect("the session semaphore is never closed");
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_elapsed) => Err(Failure::TimedOut),
+        Ok(Err(error)) => Err(diagnose(&error)),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
 impl EmailChannel {
-    /// Runs one SMTP exchange on a pooled connection, bounded in time: lettre bounds only the
-    /// TCP connect, not the TLS handshake or the replies. An exchange cut short may leave its
-    /// connection in the pool; the pool's NOOP check before reuse then fails, within the next
-    /// exchange's deadline, and drops it.
+    /// Runs one SMTP exchange on a pooled connection, bounded in time (see [`bounded`]).
     async fn bounded<T>(
         &self,
         exchange: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
     ) -> Result<T, Failure> {
-        let _session = tokio::time::timeout(self.timeout, self.sessions.acquire())
-            .await
-            .map_err(|_elapsed| Failure::ConnectionsBusy)?
-            .expect("the session semaphore is never closed");
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_elapsed) => Err(Failure::TimedOut),
-            Ok(Err(error)) => Err(diagnose(&error)),
-            Ok(Ok(value)) => Ok(value),
-        }
+        bounded(&self.sessions, self.timeout, exchange).await
     }
 
     fn describe(&self, failure: &Failure) -> String {
@@ -449,8 +458,18 @@ impl Channel for EmailChannel {
 
     async fn send(&self, message: &OutboundMessage) -> Result<Delivery, SendError> {
         let (email, message_id) = self.compose(message)?;
-        self.bounded(self.transport.send(email))
+        // The SMTP transaction runs to its end in its own task even when the caller stops
+        // waiting (a shutdown, a dropped send): cut short after MAIL FROM, its pooled
+        // connection would go back to the pool inside a transaction, pass the pool's NOOP
+        // check, and fail the next message with "503 nested MAIL command". The conformance
+        // suite's cancelled sends found this.
+        let (transport, sessions, timeout) =
+            (self.transport.clone(), self.sessions.clone(), self.timeout);
+        let exchange =
+            tokio::spawn(async move { bounded(&sessions, timeout, transport.send(email)).await });
+        exchange
             .await
+            .map_err(|error| SendError::Retriable(format!("the SMTP exchange was lost: {error}")))?
             .map_err(|failure| self.send_error(failure))?;
         tracing::debug!(
             message_id = %message_id,

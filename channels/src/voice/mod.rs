@@ -398,7 +398,18 @@ impl Channel for VoiceChannel {
     }
 
     fn call_url_token(&self, message_id: &str, purpose: &str) -> Option<String> {
-        (self.settings.dialect == Dialect::Voicexml).then(|| self.url_token(message_id, purpose))
+        if self.settings.dialect != Dialect::Voicexml {
+            return None;
+        }
+        match purpose {
+            // The service number's URL: a token the operator chose and gave the platform.
+            "incoming" => self
+                .settings
+                .incoming_token
+                .as_ref()
+                .map(|token| token.expose().to_string()),
+            _ => Some(self.url_token(message_id, purpose)),
+        }
     }
 }
 

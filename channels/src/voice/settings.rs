@@ -47,6 +47,11 @@ pub struct VoiceSettings {
     /// voicexml: the Standard Webhooks secret that signs originate requests.
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// voicexml: the token in the service number's URL,
+    /// `{http.public_url}/voice/vxml/incoming/{token}?from={caller}`; unset, calls to the
+    /// service number are not taken (twiml platforms sign theirs instead).
+    #[serde(default)]
+    pub incoming_token: Option<Secret>,
     /// The caller id, and the service number customers call.
     pub from: String,
     #[serde(default = "default_timeout_ms")]
@@ -124,6 +129,17 @@ impl VoiceSettings {
                 );
             }
         }
+        problems.require(
+            self.incoming_token.as_ref().is_none_or(|token| {
+                let token = token.expose();
+                (32..=128).contains(&token.len())
+                    && token
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+            }),
+            "incoming_token",
+            "must be 32 to 128 letters, digits, - or _",
+        );
         let digits = self.from.strip_prefix('+').unwrap_or("");
         problems.require(
             (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()),
