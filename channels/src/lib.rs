@@ -8,6 +8,7 @@
 
 pub mod console;
 pub mod email;
+mod http_body;
 pub mod sms;
 pub mod voice;
 pub mod wap_push;

@@ -4,6 +4,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use paystep_channel_core::constant_time_equal;
 
 use super::error::ApiError;
 use super::throttle::Guess;
@@ -79,15 +80,4 @@ impl FromRequestParts<AppState> for Admin {
             Err(refused(state, parts, Guess::AdminToken, "admin"))
         }
     }
-}
-
-/// Compares without an early exit, so the time taken tells nothing about the token.
-fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    left.iter()
-        .zip(right)
-        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-        == 0
 }

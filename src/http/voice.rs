@@ -224,11 +224,7 @@ pub async fn script(
         Err(refusal) => return refusal.into_response(),
     };
     let urls = twiml_urls(&state, &message_id);
-    let step = match ask(&state, &call, None, &urls).await {
-        Ok(step) => step,
-        Err(refusal) => return refusal.into_response(),
-    };
-    render(adapter.as_ref(), step)
+    respond(adapter.as_ref(), ask(&state, &call, None, &urls).await)
 }
 
 /// Asks for keys, with `before` said first; or ends the call when the request is no longer
@@ -249,13 +245,10 @@ async fn ask(
     let Some(page) = page else {
         return Err(Refusal::NotFound("no such request"));
     };
-    let end = |text: &str| CallStep::End {
-        text: text.to_string(),
-        language: call.language.as_str().to_string(),
-    };
+    let language = call.language;
     Ok(match page.status {
         ConfirmationStatus::Pending if page.expires_at_ms <= state.engine.now_ms() => {
-            end(words.expired)
+            end(language, words.expired)
         }
         // Claim 13: the voice first, when a speaker-verification service is configured.
         ConfirmationStatus::Pending if needs_voice_id(state) && !call.speaker_verified => {
@@ -276,8 +269,10 @@ async fn ask(
             one_key: !page.pin_required,
             no_input: words.goodbye_silent.to_string(),
         },
-        ConfirmationStatus::Expired => end(words.expired),
-        ConfirmationStatus::Approved | ConfirmationStatus::Declined => end(words.answered),
+        ConfirmationStatus::Expired => end(language, words.expired),
+        ConfirmationStatus::Approved | ConfirmationStatus::Declined => {
+            end(language, words.answered)
+        }
     })
 }
 
@@ -302,16 +297,28 @@ pub async fn answer(
         return forbidden();
     }
     let urls = twiml_urls(&state, &message_id);
-    let step = match next_step(&state, &message_id, &call, &fields, &urls).await {
-        Ok(step) => step,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let step = next_step(&state, &message_id, &call, &fields, &urls).await;
+    respond(
+        adapter.as_ref(),
+        finished_if_ended(&state, &message_id, step).await,
+    )
+}
+
+/// A call whose next step ends it takes no more answers.
+async fn finished_if_ended(
+    state: &AppState,
+    message_id: &str,
+    step: Result<CallStep, Refusal>,
+) -> Result<CallStep, Refusal> {
+    let step = step?;
     if matches!(step, CallStep::End { .. }) {
-        if let Err(error) = state.engine.finish_call(&message_id).await {
-            return unavailable(error).into_response();
-        }
+        state
+            .engine
+            .finish_call(message_id)
+            .await
+            .map_err(unavailable)?;
     }
-    render(adapter.as_ref(), step)
+    Ok(step)
 }
 
 /// What the call does after the caller's keys (or silence).
@@ -333,10 +340,7 @@ async fn next_step(
         // Silence once: ask again. Twice: end politely; the request stays open until it
         // expires, for another channel or a later call.
         return if silences >= 2 {
-            Ok(CallStep::End {
-                text: words.goodbye_silent.to_string(),
-                language: call.language.as_str().to_string(),
-            })
+            Ok(end(call.language, words.goodbye_silent))
         } else {
             ask(state, call, Some(words.silence), urls).await
         };
@@ -367,24 +371,28 @@ async fn next_step(
         .answer_token(&call.token, approve, pin, ChannelName::Voice)
         .await
         .map_err(unavailable)?;
-    let end = |text: &str| {
-        Ok(CallStep::End {
-            text: text.to_string(),
-            language: call.language.as_str().to_string(),
-        })
-    };
-    match outcome {
-        None => Err(Refusal::NotFound("no such request")),
-        Some(AnswerOutcome::Approved) => end(words.approved),
-        Some(AnswerOutcome::Declined) => end(words.declined),
+    let language = call.language;
+    Ok(match outcome {
+        None => return Err(Refusal::NotFound("no such request")),
         Some(AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. }) => {
-            ask(state, call, Some(words.wrong_pin), urls).await
+            return ask(state, call, Some(words.wrong_pin), urls).await
         }
-        Some(AnswerOutcome::PinTriesExceeded) => end(words.pin_tries),
-        Some(AnswerOutcome::LockedOut { .. }) => end(words.locked),
-        Some(AnswerOutcome::NotPending { .. }) => end(words.answered),
-        Some(AnswerOutcome::Expired) => end(words.expired),
-        Some(AnswerOutcome::InsufficientCredit) => end(words.insufficient),
+        Some(outcome) => end(language, final_words(&words, &outcome)),
+    })
+}
+
+/// What a call says last about an answer that ends it.
+fn final_words(words: &Words, outcome: &AnswerOutcome) -> &'static str {
+    match outcome {
+        AnswerOutcome::Approved => words.approved,
+        AnswerOutcome::Declined => words.declined,
+        AnswerOutcome::PinTriesExceeded => words.pin_tries,
+        AnswerOutcome::LockedOut { .. } => words.locked,
+        AnswerOutcome::NotPending { .. } => words.answered,
+        AnswerOutcome::Expired => words.expired,
+        AnswerOutcome::InsufficientCredit => words.insufficient,
+        // Asked again, never said last; kept here so that every outcome has its words.
+        AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. } => words.wrong_pin,
     }
 }
 
@@ -408,10 +416,16 @@ pub async fn status(
         )
             .into_response();
     };
+    record_call_status(&state, call_sid, call_status).await
+}
+
+/// A call's outcome as its message's delivery state (and what it sets off: a busy line is
+/// called again, a failed call goes by SMS).
+async fn record_call_status(state: &AppState, remote_id: &str, status: &str) -> Response {
     let message = InboundMessage::DeliveryReceipt {
         channel: ChannelName::Voice,
-        remote_id: call_sid.to_string(),
-        state: call_status.to_ascii_uppercase(),
+        remote_id: remote_id.to_string(),
+        state: status.to_ascii_uppercase(),
         error: None,
     };
     match state.engine.receive(message).await {
@@ -691,14 +705,8 @@ async fn till_step(
         TillClaim::UnknownSender => end(language, words.not_registered),
         TillClaim::NoSuchCode | TillClaim::BadAmount(_) => end(language, words.no_such_code),
         TillClaim::Answered { outcome, .. } => match outcome {
-            AnswerOutcome::Approved => end(language, words.approved),
-            AnswerOutcome::Declined => end(language, words.declined),
             AnswerOutcome::WrongPin { .. } | AnswerOutcome::PinRequired { .. } => retry_pin(),
-            AnswerOutcome::PinTriesExceeded => end(language, words.pin_tries),
-            AnswerOutcome::LockedOut { .. } => end(language, words.locked),
-            AnswerOutcome::NotPending { .. } => end(language, words.answered),
-            AnswerOutcome::Expired => end(language, words.expired),
-            AnswerOutcome::InsufficientCredit => end(language, words.insufficient),
+            outcome => end(language, final_words(&words, &outcome)),
         },
     })
 }
@@ -758,10 +766,8 @@ pub async fn recording(
                 return unavailable(error).into_response();
             }
             call.speaker_verified = true;
-            return match ask(&state, &call, None, &twiml_urls(&state, &message_id)).await {
-                Ok(step) => render(adapter.as_ref(), step),
-                Err(refusal) => refusal.into_response(),
-            };
+            let urls = twiml_urls(&state, &message_id);
+            return respond(adapter.as_ref(), ask(&state, &call, None, &urls).await);
         }
         Some(SpeakerVerdict::NoMatch) => words.voice_rejected,
         Some(SpeakerVerdict::Unavailable(reason)) => {
@@ -841,10 +847,7 @@ pub async fn vxml_script(
         ask(&state, &call, None, &urls).await
     }
     .await;
-    match step {
-        Ok(step) => render(adapter.as_ref(), step),
-        Err(refusal) => refusal.into_response(),
-    }
+    respond(adapter.as_ref(), step)
 }
 
 /// `POST /voice/vxml/calls/{message_id}/answer/{token}`: the digits a `<submit>` posted,
@@ -874,16 +877,10 @@ pub async fn vxml_answer(
         next_step(&state, &message_id, &call, &answer, &urls).await
     }
     .await;
-    let step = match step {
-        Ok(step) => step,
-        Err(refusal) => return refusal.into_response(),
-    };
-    if matches!(step, CallStep::End { .. }) {
-        if let Err(error) = state.engine.finish_call(&message_id).await {
-            return unavailable(error).into_response();
-        }
-    }
-    render(adapter.as_ref(), step)
+    respond(
+        adapter.as_ref(),
+        finished_if_ended(&state, &message_id, step).await,
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -908,14 +905,5 @@ pub async fn vxml_status(
         )
             .into_response();
     };
-    let message = InboundMessage::DeliveryReceipt {
-        channel: ChannelName::Voice,
-        remote_id: message_id,
-        state: status.to_ascii_uppercase(),
-        error: None,
-    };
-    match state.engine.receive(message).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(error) => unavailable(error).into_response(),
-    }
+    record_call_status(&state, &message_id, &status).await
 }

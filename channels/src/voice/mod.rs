@@ -152,7 +152,7 @@ impl VoiceChannel {
                 SendError::Retriable(format!("the voice platform did not answer: {error}"))
             })?;
         let status = response.status();
-        let answer = bounded_body(response).await;
+        let answer = crate::http_body::read_bounded(response, RESPONSE_BODY_MAX_BYTES).await;
         let reason = format!("the voice platform answered {status}: {answer}");
         match classify_status(status) {
             Verdict::Accepted => Ok(Delivery {
@@ -205,7 +205,7 @@ impl VoiceChannel {
                 SendError::Retriable(format!("the voice platform did not answer: {error}"))
             })?;
         let status = response.status();
-        let answer = bounded_body(response).await;
+        let answer = crate::http_body::read_bounded(response, RESPONSE_BODY_MAX_BYTES).await;
         let reason = format!("the voice platform answered {status}: {answer}");
         match classify_status(status) {
             Verdict::Accepted => {
@@ -253,18 +253,6 @@ fn form_encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
-}
-
-async fn bounded_body(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = RESPONSE_BODY_MAX_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= RESPONSE_BODY_MAX_BYTES {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&body).into_owned()
 }
 
 #[async_trait]
@@ -374,7 +362,7 @@ impl Channel for VoiceChannel {
                 )))
             }
         };
-        let answer = bounded_body(response).await;
+        let answer = crate::http_body::read_bounded(response, RESPONSE_BODY_MAX_BYTES).await;
         let verdict = serde_json::from_str::<serde_json::Value>(&answer)
             .ok()
             .and_then(|answer| answer["match"].as_bool());

@@ -113,18 +113,6 @@ fn push_address(to: &str, domain: &str) -> Result<String, SendError> {
     Ok(format!("WAPPUSH=+{digits}/TYPE=PLMN@{domain}"))
 }
 
-async fn bounded_body(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = RESPONSE_BODY_MAX_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= RESPONSE_BODY_MAX_BYTES {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&body).into_owned()
-}
-
 /// The outcome of an answer without a PAP document, by its HTTP status alone.
 fn classify_status(status: StatusCode) -> Verdict {
     match status.as_u16() {
@@ -181,7 +169,7 @@ impl Channel for WapPushChannel {
             .await
             .map_err(|error| SendError::Retriable(format!("the PPG did not answer: {error}")))?;
         let status = response.status();
-        let answer = bounded_body(response).await;
+        let answer = crate::http_body::read_bounded(response, RESPONSE_BODY_MAX_BYTES).await;
         let (verdict, reason) = match parse_response(&answer) {
             Some(result) => (
                 classify(result.code),

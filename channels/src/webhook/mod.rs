@@ -134,21 +134,6 @@ enum Classified {
     Permanent,
 }
 
-impl WebhookChannel {
-    async fn bounded_body(&self, response: reqwest::Response) -> String {
-        let mut response = response;
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = response.chunk().await {
-            let room = self.response_body_max_bytes.saturating_sub(body.len());
-            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            if body.len() >= self.response_body_max_bytes {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&body).into_owned()
-    }
-}
-
 #[async_trait]
 impl Channel for WebhookChannel {
     fn name(&self) -> ChannelName {
@@ -199,7 +184,8 @@ impl Channel for WebhookChannel {
         match classify(status) {
             Ok(()) => Ok(Delivery::default()),
             Err(kind) => {
-                let body = self.bounded_body(response).await;
+                let body =
+                    crate::http_body::read_bounded(response, self.response_body_max_bytes).await;
                 let mut reason = format!("webhook answered {status}");
                 if let Some(location) = location {
                     reason.push_str(&format!(" (redirect to {location} not followed)"));
