@@ -3,8 +3,6 @@
 //! script URL, the platform's answers are classed, the health check asks the account.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,84 +10,15 @@ use async_trait::async_trait;
 use paystep_channel_core::conformance::{self, AnswerCase, Class, Peer};
 use paystep_channels::voice::{Dialect, VoiceChannel, VoiceSettings};
 use paystep_channels::{Channel, ChannelName, MessageKind, OutboundMessage};
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use serde_json::json;
 
-const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
-const AUTH_TOKEN: &str = "voice-auth-token-1234567890";
+#[path = "../../tests/peers/voice_platform.rs"]
+#[allow(dead_code)]
+mod voice_platform;
+use voice_platform::{Platform, ACCOUNT_SID, AUTH_TOKEN};
+
 const PUBLIC_URL: &str = "https://pay.example";
 const WAIT_MAX: Duration = Duration::from_secs(20);
-
-struct Platform {
-    port: u16,
-    http: reqwest::Client,
-    _child: Child,
-}
-
-impl Platform {
-    async fn start() -> Platform {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/voice_platform.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--account-sid", ACCOUNT_SID])
-            .args(["--auth-token", AUTH_TOKEN])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the voice platform (scripts/test.sh installs twilio)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(WAIT_MAX, lines.next_line())
-            .await
-            .expect("the voice platform starts")
-            .unwrap();
-        assert_eq!(line.as_deref(), Some("listening"));
-        Platform {
-            port,
-            http: reqwest::Client::new(),
-            _child: child,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    async fn refuse_next(&self, status: u16) {
-        let response = self
-            .http
-            .post(format!("{}/_control/refuse", self.url()))
-            .header("content-type", "application/json")
-            .body(json!({"status": status, "body": {"code": 21211}}).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-    }
-
-    async fn calls(&self) -> Vec<Value> {
-        let body = self
-            .http
-            .get(format!("{}/_calls", self.url()))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
-        serde_json::from_slice::<Value>(&body)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-}
 
 fn settings_with(api_url: &str, auth_token: &str) -> VoiceSettings {
     VoiceSettings {
@@ -194,7 +123,12 @@ impl Peer for VoicePeer {
             (503, "503 Service Unavailable", Class::Retriable),
             (429, "429 Too Many Requests", Class::Retriable),
         ] {
-            self.platform.refuse_next(status).await;
+            self.platform
+                .control(
+                    "/_control/refuse",
+                    json!({"status": status, "body": {"code": 21211}}),
+                )
+                .await;
             let result = self
                 .channel
                 .send(&self.message(&format!("answer-{status}")))
@@ -206,7 +140,7 @@ impl Peer for VoicePeer {
             });
         }
         let wrong_login = VoiceChannel::new(
-            &settings_with(&self.platform.url(), "not-the-token"),
+            &settings_with(&self.platform.url(""), "not-the-token"),
             PUBLIC_URL,
         )
         .unwrap();
@@ -227,14 +161,17 @@ impl Peer for VoicePeer {
 #[tokio::test]
 async fn the_voice_channel_passes_the_conformance_suite() {
     let platform = Platform::start().await;
-    let settings = settings_with(&platform.url(), AUTH_TOKEN);
+    let settings = settings_with(&platform.url(""), AUTH_TOKEN);
     let channel = Arc::new(VoiceChannel::new(&settings, PUBLIC_URL).unwrap());
     channel
         .health_check()
         .await
         .expect("the platform knows the account");
-    let wrong_login =
-        VoiceChannel::new(&settings_with(&platform.url(), "not-the-token"), PUBLIC_URL).unwrap();
+    let wrong_login = VoiceChannel::new(
+        &settings_with(&platform.url(""), "not-the-token"),
+        PUBLIC_URL,
+    )
+    .unwrap();
     assert!(
         wrong_login.health_check().await.is_err(),
         "a wrong token is unhealthy"

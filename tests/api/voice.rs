@@ -3,101 +3,22 @@
 //! package: the call is placed, the platform fetches the script, keys go back, the request
 //! is answered through the same path as the page's.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use paystep_channels::voice::{Dialect, VoiceIdSettings, VoiceSettings};
 use quick_xml::events::Event;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::helpers::{eventually, spawn_app_with, Db, Retailer, TestApp, PIN, PUBLIC_URL};
 use crate::on_both_databases;
 use crate::sms::{sms_settings, Smsc};
 
-const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
-const AUTH_TOKEN: &str = "voice-auth-token-1234567890";
+#[path = "../peers/voice_platform.rs"]
+mod voice_platform;
+use voice_platform::{Platform, ACCOUNT_SID, AUTH_TOKEN, VXML_SECRET};
+
 const CUSTOMER: &str = "+491701112233";
-const VXML_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Platform {
-    port: u16,
-    http: reqwest::Client,
-    _child: Child,
-}
-
-impl Platform {
-    async fn start() -> Platform {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/peers/voice_platform.py"
-            ))
-            .args(["--port", &port.to_string(), "--account-sid", ACCOUNT_SID])
-            .args(["--auth-token", AUTH_TOKEN, "--vxml-secret", VXML_SECRET])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs the voice platform (scripts/test.sh installs twilio)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-            .await
-            .expect("the voice platform starts; scripts/test.sh installs the twilio package")
-            .unwrap();
-        assert_eq!(line.as_deref(), Some("listening"));
-        Platform {
-            port,
-            http: reqwest::Client::new(),
-            _child: child,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn control(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{path}");
-        response.json().await.unwrap()
-    }
-
-    async fn calls(&self) -> Vec<Value> {
-        let calls: Value = self
-            .http
-            .get(self.url("/_calls"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        calls.as_array().unwrap().clone()
-    }
-
-    /// The platform's request and paystep's answer: (status, body).
-    async fn step(&self, path: &str, body: Value) -> (u16, String) {
-        let answer = self.control(path, body).await;
-        (
-            answer["status"].as_u64().unwrap() as u16,
-            answer["body"].as_str().unwrap_or_default().to_string(),
-        )
-    }
-}
 
 fn voice_settings(platform: &Platform) -> VoiceSettings {
     VoiceSettings {
@@ -753,15 +674,7 @@ async fn the_voice_id_hook_accepts_rejects_and_times_out(db: Db) {
         .await;
     assert_eq!(said(&done), "Thank you. The amount is released. Goodbye.");
     assert_eq!(app.process(&retailer, &accepted).await["status"], "active");
-    let asked: Value = platform
-        .http
-        .get(platform.url("/_verifications"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let asked = platform.list("/_verifications").await;
     assert_eq!(asked[0]["customer_id"], customer.as_str());
     assert!(asked[0]["recording_url"]
         .as_str()
