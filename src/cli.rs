@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::audit::Origin;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{LogFormat, Settings};
 use crate::domain::Currency;
@@ -139,8 +140,63 @@ struct RetailerArgs {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Checks every ledger invariant; exits 1 when one does not hold.
-    Verify,
+    /// Checks every ledger invariant and recomputes the audit log's hash chain, naming the
+    /// first broken link; exits 1 when anything does not hold.
+    Verify {
+        /// A head exported earlier (`SEQ:HASH`, as `ledger export` prints it) that the
+        /// chain must still contain: a chain rewritten since no longer matches it.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+    },
+    /// Prints the audit log as JSON lines, then its head (seq and hash) for a notary.
+    Export {
+        /// Only entries after this seq (an earlier export's head).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+/// Parses `SEQ:HASH`.
+fn parse_head(text: &str) -> anyhow::Result<crate::audit::Head> {
+    let (seq, hash) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--head must be SEQ:HASH, as `ledger export` prints it"))?;
+    let seq: i64 = seq
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--head: {seq:?} is not a sequence number"))?;
+    if hash.len() != 64 || !hash.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        anyhow::bail!("--head: the hash must be 64 hexadecimal digits");
+    }
+    Ok(crate::audit::Head {
+        seq,
+        hash: hash.to_ascii_lowercase(),
+    })
+}
+
+/// Writes every entry after `after_seq` as a JSON line, then the head, a page at a time.
+async fn export_audit_log(
+    conn: &mut sqlx::AnyConnection,
+    mut after_seq: i64,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    // The head first: entries appended while the export runs are left for the next one.
+    let head = crate::audit::head(conn).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    while after_seq < head.seq {
+        let page = crate::audit::entries_between(conn, after_seq, head.seq).await?;
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        for entry in &page {
+            writeln!(out, "{}", serde_json::to_string(entry)?)?;
+        }
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({"head": {"seq": head.seq, "hash": head.hash, "notarize": format!("{}:{}", head.seq, head.hash)}})
+    )?;
+    out.flush()?;
+    Ok(())
 }
 
 pub async fn run() -> ExitCode {
@@ -286,7 +342,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let customer = body.into_domain()?;
             let engine = offline_engine(settings).await?;
             let mut tx = engine.store.begin_write().await?;
-            let id = engine.create_customer(&mut tx, customer).await?;
+            let id = engine
+                .create_customer(&mut tx, &Origin::operator("cli"), customer)
+                .await?;
             tx.commit().await?;
             print_json(&json!({ "id": id }));
             Ok(ExitCode::SUCCESS)
@@ -306,6 +364,7 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let credit = engine
                 .deposit(
                     &mut tx,
+                    &Origin::operator("cli"),
                     &args.customer,
                     currency,
                     amount,
@@ -330,7 +389,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
             let retailer = body.into_domain()?;
             let engine = offline_engine(settings).await?;
             let mut tx = engine.store.begin_write().await?;
-            let credentials = engine.create_retailer(&mut tx, retailer).await?;
+            let credentials = engine
+                .create_retailer(&mut tx, &Origin::operator("cli"), retailer)
+                .await?;
             tx.commit().await?;
             print_json(&json!(credentials));
             Ok(ExitCode::SUCCESS)
@@ -338,7 +399,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Retailer(RetailerCommand::RotateKey { id }) => {
             let engine = offline_engine(settings).await?;
             let mut tx = engine.store.begin_write().await?;
-            let rotated = engine.rotate_api_key(&mut tx, &id).await?;
+            let rotated = engine
+                .rotate_api_key(&mut tx, &Origin::operator("cli"), &id)
+                .await?;
             tx.commit().await?;
             print_json(&rotated);
             Ok(ExitCode::SUCCESS)
@@ -346,7 +409,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Retailer(RetailerCommand::RotateSecret { id }) => {
             let engine = offline_engine(settings).await?;
             let mut tx = engine.store.begin_write().await?;
-            let rotated = engine.rotate_webhook_secret(&mut tx, &id).await?;
+            let rotated = engine
+                .rotate_webhook_secret(&mut tx, &Origin::operator("cli"), &id)
+                .await?;
             tx.commit().await?;
             print_json(&rotated);
             Ok(ExitCode::SUCCESS)
@@ -371,7 +436,9 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Outbox(OutboxCommand::Requeue { id }) => {
             let store = Store::connect(&settings.database).await?;
             let mut tx = store.begin_write().await?;
-            let outcome = dead_letters::requeue(&mut tx, &id, SystemClock.now_ms()).await?;
+            let outcome =
+                dead_letters::requeue(&mut tx, &Origin::operator("cli"), &id, SystemClock.now_ms())
+                    .await?;
             tx.commit().await?;
             match outcome {
                 RequeueOutcome::Requeued(message) => {
@@ -384,10 +451,17 @@ async fn execute(command: Command, settings: Settings) -> anyhow::Result<ExitCod
                 }
             }
         }
-        Command::Ledger(LedgerCommand::Verify) => {
+        Command::Ledger(LedgerCommand::Export { after }) => {
             let store = Store::connect(&settings.database).await?;
             let mut conn = store.reader().acquire().await?;
-            let report = crate::ledger::verify(&mut conn).await?;
+            export_audit_log(&mut conn, after).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ledger(LedgerCommand::Verify { head }) => {
+            let notarized = head.as_deref().map(parse_head).transpose()?;
+            let store = Store::connect(&settings.database).await?;
+            let mut conn = store.reader().acquire().await?;
+            let report = crate::ledger::verify_with(&mut conn, notarized.as_ref()).await?;
             print_json(&json!(report));
             Ok(if report.ok {
                 ExitCode::SUCCESS

@@ -26,7 +26,7 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AccountKind::OperatorFunding => "operator_funding",
             AccountKind::CustomerCredit => "customer_credit",
@@ -45,7 +45,7 @@ pub enum TransferKind {
 }
 
 impl TransferKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             TransferKind::Deposit => "deposit",
             TransferKind::Release => "release",
@@ -64,6 +64,7 @@ pub enum LedgerError {
 }
 
 /// One transfer to post.
+#[derive(Clone, Copy)]
 pub struct Transfer<'a> {
     pub kind: TransferKind,
     pub currency: Currency,
@@ -74,6 +75,13 @@ pub struct Transfer<'a> {
     pub step_id: Option<&'a str>,
     pub reference: Option<&'a str>,
     pub now_ms: i64,
+}
+
+/// The balances a posted transfer left on its two accounts.
+#[derive(Debug, Clone, Copy)]
+pub struct Posted {
+    pub debit_balance: Minor,
+    pub credit_balance: Minor,
 }
 
 /// The ledger's entry point: posts transfers, remembering account ids between them.
@@ -134,10 +142,10 @@ impl Ledger {
         &self,
         conn: &mut AnyConnection,
         transfer: Transfer<'_>,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<Posted, LedgerError> {
         assert!(transfer.amount > 0, "a transfer moves a positive amount");
-        let debit_id = self.apply(conn, &transfer, Side::Debit).await?;
-        let credit_id = self.apply(conn, &transfer, Side::Credit).await?;
+        let (debit_id, debit_balance) = self.apply(conn, &transfer, Side::Debit).await?;
+        let (credit_id, credit_balance) = self.apply(conn, &transfer, Side::Credit).await?;
         sqlx::query(
             "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, currency, \
              process_id, step_id, reference, created_at_ms) \
@@ -155,7 +163,10 @@ impl Ledger {
         .bind(transfer.now_ms)
         .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(Posted {
+            debit_balance,
+            credit_balance,
+        })
     }
 
     /// Moves one side's balance and returns the account's id. A cached id that matches no
@@ -165,51 +176,52 @@ impl Ledger {
         conn: &mut AnyConnection,
         transfer: &Transfer<'_>,
         side: Side,
-    ) -> Result<String, LedgerError> {
+    ) -> Result<(String, Minor), LedgerError> {
         let (kind, owner_id) = match side {
             Side::Debit => transfer.debit,
             Side::Credit => transfer.credit,
         };
         let key = (kind, owner_id.to_string(), transfer.currency.code());
         if let Some(id) = self.accounts.get(&key) {
-            if update_balance(conn, &id, transfer.amount, side).await? {
-                return Ok(id);
+            if let Some(balance) = update_balance(conn, &id, transfer.amount, side).await? {
+                return Ok((id, balance));
             }
             self.accounts.forget(&key);
         }
         let id = account_id(conn, kind, owner_id, transfer.currency, transfer.now_ms).await?;
-        if !update_balance(conn, &id, transfer.amount, side).await? {
+        let Some(balance) = update_balance(conn, &id, transfer.amount, side).await? else {
             return Err(match side {
                 Side::Debit => LedgerError::InsufficientFunds,
                 Side::Credit => LedgerError::Database(sqlx::Error::RowNotFound),
             });
-        }
+        };
         self.accounts.remember(key, id.clone());
-        Ok(id)
+        Ok((id, balance))
     }
 }
 
 /// One guarded statement per side: a debit only where the balance covers it (but for the
-/// operator's funding account). False when no row matched.
+/// operator's funding account). The balance after it; `None` when no row matched.
 async fn update_balance(
     conn: &mut AnyConnection,
     account_id: &str,
     amount: Minor,
     side: Side,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Option<Minor>, sqlx::Error> {
     let statement = match side {
         Side::Debit => {
             "UPDATE accounts SET balance = balance - $1 \
-             WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1)"
+             WHERE id = $2 AND (kind = 'operator_funding' OR balance >= $1) RETURNING balance"
         }
-        Side::Credit => "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+        Side::Credit => {
+            "UPDATE accounts SET balance = balance + $1 WHERE id = $2 RETURNING balance"
+        }
     };
-    let updated = sqlx::query(statement)
+    sqlx::query_scalar(statement)
         .bind(amount)
         .bind(account_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(updated.rows_affected() == 1)
+        .fetch_optional(&mut *conn)
+        .await
 }
 
 /// The id of the account, created on first use.
@@ -344,9 +356,18 @@ const CHECKS: [(&str, &str); 8] = [
     ),
 ];
 
-/// Checks every invariant. Reads only; safe to run beside a live daemon.
+/// Checks every invariant, and that the audit log is an unbroken chain. Reads only; safe
+/// to run beside a live daemon.
 pub async fn verify(conn: &mut AnyConnection) -> Result<VerifyReport, sqlx::Error> {
-    let mut checks = Vec::with_capacity(CHECKS.len());
+    verify_with(conn, None).await
+}
+
+/// `verify`, also checking that the chain still holds a head exported to a notary.
+pub async fn verify_with(
+    conn: &mut AnyConnection,
+    notarized: Option<&crate::audit::Head>,
+) -> Result<VerifyReport, sqlx::Error> {
+    let mut checks = Vec::with_capacity(CHECKS.len() + 1);
     for (name, query) in CHECKS {
         let rows = sqlx::query(&format!("{query} LIMIT {VIOLATIONS_SHOWN_MAX}"))
             .fetch_all(&mut *conn)
@@ -364,6 +385,12 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<VerifyReport, sqlx::Erro
             violations,
         });
     }
+    let chain = crate::audit::verify_chain(conn, notarized).await?;
+    checks.push(CheckResult {
+        name: "audit_log_is_an_unbroken_chain",
+        ok: chain.first_broken_link.is_none(),
+        violations: chain.first_broken_link.into_iter().collect(),
+    });
     Ok(VerifyReport {
         ok: checks.iter().all(|check| check.ok),
         checks,

@@ -1,5 +1,6 @@
 //! paystep: the accounting server for stepwise mobile payments. See ARCHITECTURE.md.
 
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

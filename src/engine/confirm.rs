@@ -13,6 +13,7 @@ use super::texts::{Ended, Text};
 use super::txn::Txn;
 use super::views::{ProcessView, StepView};
 use super::{secret_hash, Engine, EngineError};
+use crate::audit::Origin;
 use crate::domain::{ConfirmationKind, ConfirmationStatus, Language, ProcessStatus};
 use crate::ledger::{AccountKind, LedgerError, Transfer, TransferKind};
 
@@ -174,21 +175,46 @@ impl Engine {
         let (mut process, confirmation) = lock_confirmation(conn, confirmation_id)
             .await?
             .ok_or(EngineError::NotFound("confirmation request"))?;
+        let origin = match &process.customer_id {
+            Some(customer_id) => Origin::customer(customer_id, answer.channel.as_str()),
+            None => Origin::sender("unknown", answer.channel.as_str()),
+        };
+        let mut effects = Effects::new(origin);
+        let mut txn = Txn {
+            conn: &mut *conn,
+            now_ms,
+            effects: &mut effects,
+        };
+        let outcome = self
+            .answer_locked(&mut txn, (&mut process, &confirmation), &answer)
+            .await?;
+        effects.flush(conn, &self.channels, now_ms).await?;
+        Ok(outcome)
+    }
+
+    /// `answer`, once the request and its process are locked.
+    async fn answer_locked(
+        &self,
+        txn: &mut Txn<'_>,
+        (process, confirmation): (&mut ProcessRow, &ConfirmationRow),
+        answer: &Answer,
+    ) -> Result<AnswerOutcome, EngineError> {
+        let now_ms = txn.now_ms;
         // A locked-out customer learns nothing, not even whether the request is still open.
         if answer.approve {
             if let Some(outcome) = self
-                .refuse_if_locked_out(conn, &process, &confirmation, &answer, now_ms)
+                .refuse_if_locked_out(txn, process, confirmation, answer)
                 .await?
             {
                 return Ok(outcome);
             }
         }
-        if !rows::is_pending(&confirmation) {
+        if !rows::is_pending(confirmation) {
             return Ok(AnswerOutcome::NotPending {
                 status: confirmation.status.clone(),
             });
         }
-        let retailer = rows::load_retailer(conn, &process.retailer_id)
+        let retailer = rows::load_retailer(txn.conn, &process.retailer_id)
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
         let decision = if confirmation.expires_at_ms <= now_ms {
@@ -199,11 +225,8 @@ impl Engine {
                 AnswerOutcome::Declined,
             )
         } else {
-            let customer = self.process_customer(conn, &process).await?;
-            match self
-                .check_pin(conn, &customer, &confirmation, &answer, now_ms)
-                .await?
-            {
+            let customer = self.process_customer(txn.conn, process).await?;
+            match self.check_pin(txn, &customer, confirmation, answer).await? {
                 PinCheck::Refused(outcome) => Decision::Refuse(outcome),
                 PinCheck::TriesExceeded => Decision::Resolve(
                     Resolution::Declined("pin_tries_exceeded"),
@@ -212,35 +235,23 @@ impl Engine {
                 PinCheck::Accepted => Decision::Approve(customer),
             }
         };
-        let mut effects = Effects::default();
-        let mut txn = Txn {
-            conn: &mut *conn,
-            now_ms,
-            effects: &mut effects,
-        };
         let outcome = match decision {
             Decision::Refuse(outcome) => outcome,
             Decision::Resolve(resolution, outcome) => {
                 let settles = Settles {
-                    confirmation: &confirmation,
+                    confirmation,
                     resolution,
                     ends_process: true,
                 };
-                self.resolve_unapproved(&mut txn, &mut process, &retailer, settles)
+                self.resolve_unapproved(txn, process, &retailer, settles)
                     .await?;
                 outcome
             }
             Decision::Approve(customer) => {
-                self.approve(
-                    &mut txn,
-                    &mut process,
-                    (&retailer, &customer),
-                    &confirmation,
-                )
-                .await?
+                self.approve(txn, process, (&retailer, &customer), confirmation)
+                    .await?
             }
         };
-        effects.flush(conn, &self.channels, now_ms).await?;
         Ok(outcome)
     }
 
@@ -255,9 +266,9 @@ impl Engine {
     ) -> Result<AnswerOutcome, EngineError> {
         let (conn, now_ms, effects) = (&mut *txn.conn, txn.now_ms, &mut *txn.effects);
         let held = self
-            .ledger
             .post(
                 conn,
+                effects,
                 Transfer {
                     kind: TransferKind::Release,
                     currency: process.currency(),
@@ -355,12 +366,12 @@ impl Engine {
     /// is used when it is for this PIN and this hash; otherwise the PIN is verified here.
     async fn check_pin(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         customer: &CustomerRow,
         confirmation: &ConfirmationRow,
         answer: &Answer,
-        now_ms: i64,
     ) -> Result<PinCheck, EngineError> {
+        let now_ms = txn.now_ms;
         let Some(pin_hash) = &customer.pin_hash else {
             return Ok(PinCheck::Accepted);
         };
@@ -387,25 +398,24 @@ impl Engine {
                 .correct(),
         };
         if correct {
-            if let Some(until_ms) = pin::accept_pin(&mut *conn, &customer.id, now_ms).await? {
+            if let Some(until_ms) = pin::accept_pin(&mut *txn.conn, &customer.id, now_ms).await? {
                 let outcome = self
-                    .refuse_locked_out(conn, customer, Some(confirmation), answer, until_ms, now_ms)
+                    .refuse_locked_out(txn, customer, Some(confirmation), answer, until_ms)
                     .await?;
                 return Ok(PinCheck::Refused(outcome));
             }
             pin::log_attempt(
-                conn,
+                txn,
                 customer,
                 Some(confirmation),
                 answer.channel,
                 "accepted",
-                now_ms,
             )
             .await?;
             return Ok(PinCheck::Accepted);
         }
         let counted = pin::count_wrong_pin(
-            &mut *conn,
+            &mut *txn.conn,
             &customer.id,
             security.pin_lockout_after,
             security.pin_lockout_s * 1000,
@@ -415,7 +425,7 @@ impl Engine {
         let locked_until_ms = match counted {
             pin::WrongPinCount::LockedOut { until_ms } => {
                 let outcome = self
-                    .refuse_locked_out(conn, customer, Some(confirmation), answer, until_ms, now_ms)
+                    .refuse_locked_out(txn, customer, Some(confirmation), answer, until_ms)
                     .await?;
                 return Ok(PinCheck::Refused(outcome));
             }
@@ -427,18 +437,10 @@ impl Engine {
                 locked_until_ms
             }
         };
-        pin::log_attempt(
-            conn,
-            customer,
-            Some(confirmation),
-            answer.channel,
-            "wrong",
-            now_ms,
-        )
-        .await?;
+        pin::log_attempt(txn, customer, Some(confirmation), answer.channel, "wrong").await?;
         sqlx::query("UPDATE confirmations SET pin_failures = pin_failures + 1 WHERE id = $1")
             .bind(&confirmation.id)
-            .execute(&mut *conn)
+            .execute(&mut *txn.conn)
             .await?;
         if tries_left <= 1 {
             return Ok(PinCheck::TriesExceeded);
@@ -498,16 +500,16 @@ impl Engine {
 
     async fn refuse_if_locked_out(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         process: &ProcessRow,
         confirmation: &ConfirmationRow,
         answer: &Answer,
-        now_ms: i64,
     ) -> Result<Option<AnswerOutcome>, EngineError> {
+        let now_ms = txn.now_ms;
         let Some(customer_id) = &process.customer_id else {
             return Ok(None);
         };
-        let customer = rows::load_customer(conn, customer_id)
+        let customer = rows::load_customer(txn.conn, customer_id)
             .await?
             .ok_or(EngineError::NotFound("customer"))?;
         let Some(until_ms) = pin::lockout_end(&customer, now_ms) else {
@@ -520,7 +522,7 @@ impl Engine {
         // without it.
         let pending = rows::is_pending(confirmation).then_some(confirmation);
         let outcome = self
-            .refuse_locked_out(conn, &customer, pending, answer, until_ms, now_ms)
+            .refuse_locked_out(txn, &customer, pending, answer, until_ms)
             .await?;
         Ok(Some(outcome))
     }
@@ -528,22 +530,13 @@ impl Engine {
     /// A locked-out customer's answer is refused unchecked, and logged.
     async fn refuse_locked_out(
         &self,
-        conn: &mut AnyConnection,
+        txn: &mut Txn<'_>,
         customer: &CustomerRow,
         confirmation: Option<&ConfirmationRow>,
         answer: &Answer,
         until_ms: i64,
-        now_ms: i64,
     ) -> Result<AnswerOutcome, EngineError> {
-        pin::log_attempt(
-            conn,
-            customer,
-            confirmation,
-            answer.channel,
-            "locked_out",
-            now_ms,
-        )
-        .await?;
+        pin::log_attempt(txn, customer, confirmation, answer.channel, "locked_out").await?;
         Ok(AnswerOutcome::LockedOut { until_ms })
     }
 

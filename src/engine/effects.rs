@@ -13,7 +13,9 @@ use super::texts::{
     render, render_push, render_reply, render_sms, render_voice, Reply, Text, TextFacts,
 };
 use super::EngineError;
+use crate::audit::{Change, Origin};
 use crate::domain::Language;
+use crate::ledger::{AccountKind, Posted, Transfer};
 
 pub struct PendingEvent {
     pub retailer: RetailerRow,
@@ -75,13 +77,28 @@ struct Route {
     to: String,
 }
 
-#[derive(Default)]
 pub struct Effects {
+    /// Who caused the operation, for its audit entries.
+    origin: Origin,
     events: Vec<PendingEvent>,
     messages: Vec<PendingMessage>,
+    /// Changes for the audit log besides the events (which are recorded too): transfers,
+    /// PIN tries, operator actions.
+    changes: Vec<Change>,
 }
 
 impl Effects {
+    pub fn new(origin: Origin) -> Effects {
+        Effects {
+            origin,
+            events: Vec::new(),
+            messages: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// An event for the retailer's feed; also recorded in the audit log, after the state
+    /// the subject was last recorded in.
     pub fn event(
         &mut self,
         retailer: &RetailerRow,
@@ -94,6 +111,40 @@ impl Effects {
             process_id: Some(process_id.to_string()),
             kind,
             data: serde_json::to_value(data).expect("views always serialise"),
+        });
+    }
+
+    /// A change for the audit log that is no event.
+    pub fn audit(&mut self, change: Change) {
+        self.changes.push(change);
+    }
+
+    /// Records a posted transfer: both accounts' balances before and after.
+    pub fn audit_transfer(&mut self, transfer: &Transfer<'_>, posted: Posted) {
+        // Named after the account whose owner it is about (a process's hold, a customer's
+        // credit), so that a process's or customer's own entries keep their shape.
+        let (subject_kind, subject_id) = match (transfer.process_id, transfer.credit) {
+            (Some(process_id), _) => (AccountKind::ProcessHold.as_str(), process_id),
+            (None, (kind, owner_id)) => (kind.as_str(), owner_id),
+        };
+        let side = |(kind, owner): (AccountKind, &str), balance: i64| serde_json::json!({"account": kind.as_str(), "owner": owner, "balance": balance});
+        let amount = transfer.amount;
+        self.changes.push(Change {
+            action: format!("transfer.{}", transfer.kind.as_str()),
+            subject_kind: subject_kind.into(),
+            subject_id: subject_id.into(),
+            before: serde_json::json!({
+                "debit": side(transfer.debit, posted.debit_balance + amount),
+                "credit": side(transfer.credit, posted.credit_balance - amount),
+            }),
+            after: serde_json::json!({
+                "debit": side(transfer.debit, posted.debit_balance),
+                "credit": side(transfer.credit, posted.credit_balance),
+                "amount": amount,
+                "currency": transfer.currency.code(),
+                "step_id": transfer.step_id,
+                "reference": transfer.reference,
+            }),
         });
     }
 
@@ -441,8 +492,46 @@ impl Effects {
         for rows in outbox.chunks(OUTBOX_ROWS_PER_INSERT) {
             insert_outbox(conn, rows, now_ms).await?;
         }
+        // Last: appending locks the audit head, which every writer shares.
+        let changes = audit_changes(conn, self.events, self.changes).await?;
+        crate::audit::append(conn, &self.origin, now_ms, &changes).await?;
         Ok(())
     }
+}
+
+/// The events as audit changes, each after the state its subject (the process or step
+/// the event's data describes) was last recorded in, then the other changes.
+async fn audit_changes(
+    conn: &mut AnyConnection,
+    events: Vec<PendingEvent>,
+    others: Vec<Change>,
+) -> Result<Vec<Change>, EngineError> {
+    let mut changes: Vec<Change> = Vec::with_capacity(events.len() + others.len());
+    for event in events {
+        let subject_kind = event.kind.split('.').next().unwrap_or(event.kind);
+        let subject_id = event.data["id"].as_str().unwrap_or_default().to_string();
+        // An earlier event of this operation is the latest state; otherwise the log's.
+        let earlier = changes
+            .iter()
+            .rev()
+            .find(|change| change.subject_kind == subject_kind && change.subject_id == subject_id);
+        let before = match earlier {
+            Some(change) => change.after.clone(),
+            None => match crate::audit::last_state(conn, subject_kind, &subject_id).await? {
+                Some(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
+                None => Value::Null,
+            },
+        };
+        changes.push(Change {
+            action: event.kind.to_string(),
+            subject_kind: subject_kind.to_string(),
+            subject_id,
+            before,
+            after: event.data,
+        });
+    }
+    changes.extend(others);
+    Ok(changes)
 }
 
 /// An event as the feed shows it and webhooks carry it.

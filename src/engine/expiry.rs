@@ -8,6 +8,7 @@ use super::texts::{Ended, Text};
 use super::txn::Txn;
 use super::views::ProcessView;
 use super::{Engine, EngineError};
+use crate::audit::Origin;
 use paystep_channel_core::MessageKind;
 
 impl Engine {
@@ -88,7 +89,7 @@ impl Engine {
                 .bind(&process.id)
                 .execute(&mut *tx)
                 .await?;
-            let mut effects = Effects::default();
+            let mut effects = Effects::new(Origin::system("sweeper"));
             effects.event(
                 &retailer,
                 &process.id,
@@ -129,7 +130,7 @@ impl Engine {
         let retailer = rows::load_retailer(&mut tx, &process.retailer_id)
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(Origin::system("sweeper"));
         let mut txn = Txn {
             conn: &mut tx,
             now_ms,
@@ -164,7 +165,7 @@ impl Engine {
         let retailer = rows::load_retailer(&mut tx, &process.retailer_id)
             .await?
             .ok_or(EngineError::NotFound("retailer"))?;
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(Origin::system("sweeper"));
         self.end_process(
             &mut tx,
             &mut process,

@@ -77,11 +77,28 @@ struct Origin<'a> {
     from: &'a str,
 }
 
+/// Who an inbound message comes from, for the audit log: its sender's address (whose
+/// customer, if any, the answer it causes names), or the channel's peer for a receipt.
+fn audit_origin(message: &InboundMessage) -> crate::audit::Origin {
+    match message {
+        InboundMessage::Approve { channel, from, .. }
+        | InboundMessage::Decline { channel, from, .. }
+        | InboundMessage::Pay { channel, from, .. }
+        | InboundMessage::Balance { channel, from }
+        | InboundMessage::Unrecognized { channel, from, .. } => {
+            crate::audit::Origin::sender(from, channel.as_str())
+        }
+        InboundMessage::DeliveryReceipt { channel, .. } => {
+            crate::audit::Origin::system(channel.as_str())
+        }
+    }
+}
+
 impl Engine {
     pub async fn receive(&self, message: InboundMessage) -> Result<(), EngineError> {
         let verified = self.verify_sender_pin_ahead(&message).await?;
         let mut tx = self.store.begin_write().await?;
-        let mut replies = Effects::default();
+        let mut replies = Effects::new(audit_origin(&message));
         match message {
             InboundMessage::Approve {
                 channel,

@@ -127,6 +127,18 @@ impl Engine {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
+
+    /// Posts a transfer and records it, with both balances, for the audit log.
+    pub(crate) async fn post(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        effects: &mut effects::Effects,
+        transfer: crate::ledger::Transfer<'_>,
+    ) -> Result<(), LedgerError> {
+        let posted = self.ledger.post(conn, transfer).await?;
+        effects.audit_transfer(&transfer, posted);
+        Ok(())
+    }
 }
 
 /// A random secret for URLs and API keys: 32 bytes, URL-safe base64.

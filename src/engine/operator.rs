@@ -4,9 +4,11 @@ use paystep_channel_core::ChannelName;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use super::effects::Effects;
 use super::rows::{self, RetailerRow};
 use super::views::ProcessView;
 use super::{random_secret, secret_hash, webhook_secret, Engine, EngineError};
+use crate::audit::{Change, Origin};
 use crate::domain::{Currency, Email, Language, Minor, Msisdn, Pin};
 use crate::ledger::{self, AccountKind, Transfer, TransferKind};
 use crate::store::is_unique_violation;
@@ -83,6 +85,7 @@ impl Engine {
     pub async fn create_customer(
         &self,
         conn: &mut AnyConnection,
+        origin: &Origin,
         customer: NewCustomer,
     ) -> Result<String, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
@@ -105,7 +108,23 @@ impl Engine {
         .execute(&mut *conn)
         .await;
         match inserted {
-            Ok(_) => Ok(id),
+            Ok(_) => {
+                let after = serde_json::json!({
+                    "msisdn": customer.msisdn.as_ref().map(Msisdn::as_str),
+                    "email": customer.email.as_ref().map(Email::as_str),
+                    "name": customer.name,
+                    "language": customer.language.as_str(),
+                    "preferred_channel": customer.preferred_channel.as_str(),
+                    "pin_set": customer.pin.is_some(),
+                });
+                self.audit_now(
+                    conn,
+                    origin,
+                    change("customer.created", "customer", &id, after),
+                )
+                .await?;
+                Ok(id)
+            }
             Err(error) if is_unique_violation(&error) => Err(EngineError::Conflict(
                 "a customer with this msisdn or email exists".into(),
             )),
@@ -117,6 +136,7 @@ impl Engine {
     pub async fn deposit(
         &self,
         conn: &mut AnyConnection,
+        origin: &Origin,
         customer_id: &str,
         currency: Currency,
         amount: Minor,
@@ -125,22 +145,22 @@ impl Engine {
         rows::load_customer(conn, customer_id)
             .await?
             .ok_or(EngineError::NotFound("customer"))?;
-        self.ledger
-            .post(
-                conn,
-                Transfer {
-                    kind: TransferKind::Deposit,
-                    currency,
-                    debit: (AccountKind::OperatorFunding, "operator"),
-                    credit: (AccountKind::CustomerCredit, customer_id),
-                    amount,
-                    process_id: None,
-                    step_id: None,
-                    reference,
-                    now_ms: self.now_ms(),
-                },
-            )
-            .await?;
+        let now_ms = self.now_ms();
+        let transfer = Transfer {
+            kind: TransferKind::Deposit,
+            currency,
+            debit: (AccountKind::OperatorFunding, "operator"),
+            credit: (AccountKind::CustomerCredit, customer_id),
+            amount,
+            process_id: None,
+            step_id: None,
+            reference,
+            now_ms,
+        };
+        let posted = self.ledger.post(conn, transfer).await?;
+        let mut effects = Effects::new(origin.clone());
+        effects.audit_transfer(&transfer, posted);
+        effects.flush(conn, &self.channels, now_ms).await?;
         Ok(ledger::balance(conn, AccountKind::CustomerCredit, customer_id, currency).await?)
     }
 
@@ -202,6 +222,7 @@ impl Engine {
     pub async fn create_retailer(
         &self,
         conn: &mut AnyConnection,
+        origin: &Origin,
         retailer: NewRetailer,
     ) -> Result<RetailerCredentials, EngineError> {
         let id = uuid::Uuid::new_v4().to_string();
@@ -233,6 +254,19 @@ impl Engine {
         .bind(self.now_ms())
         .execute(&mut *conn)
         .await?;
+        // The key and the secret stay out of the log, as out of every other record.
+        let after = serde_json::json!({
+            "name": retailer.name,
+            "webhook_url": retailer.webhook_url,
+            "notify": notify,
+            "receipt_policy": receipt_policy,
+        });
+        self.audit_now(
+            conn,
+            origin,
+            change("retailer.created", "retailer", &id, after),
+        )
+        .await?;
         Ok(RetailerCredentials {
             id,
             name: retailer.name,
@@ -248,6 +282,7 @@ impl Engine {
     pub async fn rotate_api_key(
         &self,
         conn: &mut AnyConnection,
+        origin: &Origin,
         retailer_id: &str,
     ) -> Result<serde_json::Value, EngineError> {
         let api_key = format!("psk_{}", random_secret());
@@ -260,6 +295,13 @@ impl Engine {
             return Err(EngineError::NotFound("retailer"));
         }
         tracing::info!(retailer_id, "Retailer API key replaced");
+        let after = serde_json::json!({ "api_key": "replaced" });
+        self.audit_now(
+            conn,
+            origin,
+            change("retailer.api_key_rotated", "retailer", retailer_id, after),
+        )
+        .await?;
         Ok(serde_json::json!({ "id": retailer_id, "api_key": api_key }))
     }
 
@@ -268,6 +310,7 @@ impl Engine {
     pub async fn rotate_webhook_secret(
         &self,
         conn: &mut AnyConnection,
+        origin: &Origin,
         retailer_id: &str,
     ) -> Result<serde_json::Value, EngineError> {
         let now_ms = self.now_ms();
@@ -287,6 +330,21 @@ impl Engine {
         .bind(retailer_id)
         .execute(&mut *conn)
         .await?;
+        let after = serde_json::json!({
+            "webhook_secret": "replaced",
+            "previous_secret_valid_until_ms": previous_until_ms,
+        });
+        self.audit_now(
+            conn,
+            origin,
+            change(
+                "retailer.webhook_secret_rotated",
+                "retailer",
+                retailer_id,
+                after,
+            ),
+        )
+        .await?;
         Ok(serde_json::json!({
             "id": retailer_id,
             "webhook_secret": secret,
@@ -301,5 +359,29 @@ impl Engine {
     ) -> Result<Option<RetailerRow>, EngineError> {
         let mut conn = self.store.reader().acquire().await?;
         Ok(rows::retailer_by_key_hash(&mut conn, &secret_hash(api_key)).await?)
+    }
+}
+
+/// A change to a subject that did not exist before or whose before the log already has.
+fn change(action: &str, subject_kind: &str, subject_id: &str, after: serde_json::Value) -> Change {
+    Change {
+        action: action.into(),
+        subject_kind: subject_kind.into(),
+        subject_id: subject_id.into(),
+        before: serde_json::Value::Null,
+        after,
+    }
+}
+
+impl Engine {
+    /// Records one operator action as the last write of its transaction.
+    async fn audit_now(
+        &self,
+        conn: &mut AnyConnection,
+        origin: &Origin,
+        change: Change,
+    ) -> Result<(), EngineError> {
+        crate::audit::append(conn, origin, self.now_ms(), &[change]).await?;
+        Ok(())
     }
 }

@@ -17,7 +17,9 @@ use sqlx::AnyConnection;
 use tokio::sync::Semaphore;
 
 use super::rows::{ConfirmationRow, CustomerRow};
+use super::txn::Txn;
 use super::EngineError;
+use crate::audit::Change;
 use crate::domain::Pin;
 
 /// A PIN checked against a customer's stored hash before the transaction began.
@@ -206,14 +208,14 @@ pub fn lockout_end(customer: &CustomerRow, now_ms: i64) -> Option<i64> {
 
 /// Every try is logged, accepted or not; with the request it answered while that is
 /// pending (a resolved request may be pruned at any time).
-pub async fn log_attempt(
-    conn: &mut AnyConnection,
+pub(super) async fn log_attempt(
+    txn: &mut Txn<'_>,
     customer: &CustomerRow,
     confirmation: Option<&ConfirmationRow>,
     channel: ChannelName,
     outcome: &str,
-    now_ms: i64,
 ) -> Result<(), EngineError> {
+    let (conn, now_ms) = (&mut *txn.conn, txn.now_ms);
     sqlx::query(
         "INSERT INTO pin_attempts (id, customer_id, confirmation_id, channel, outcome, created_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -226,5 +228,23 @@ pub async fn log_attempt(
     .bind(now_ms)
     .execute(&mut *conn)
     .await?;
+    // The count of wrong tries before and after this one; never the PIN.
+    let failures_before = confirmation.map_or(0, |confirmation| confirmation.pin_failures);
+    let failures_after = failures_before + i64::from(outcome == "wrong");
+    txn.effects.audit(Change {
+        action: format!("pin.{outcome}"),
+        subject_kind: "customer".into(),
+        subject_id: customer.id.clone(),
+        before: serde_json::json!({
+            "pin_failures": failures_before,
+            "locked_until_ms": customer.pin_locked_until_ms,
+        }),
+        after: serde_json::json!({
+            "outcome": outcome,
+            "channel": channel.as_str(),
+            "confirmation_id": confirmation.map(|confirmation| confirmation.id.as_str()),
+            "pin_failures": failures_after,
+        }),
+    });
     Ok(())
 }

@@ -10,6 +10,7 @@ use super::texts::{Ended, Text, TextFacts};
 use super::txn::Txn;
 use super::views::ProcessView;
 use super::{random_secret, secret_hash, Engine, EngineError};
+use crate::audit::Origin;
 use crate::domain::{
     ConfirmationKind, Currency, Email, Minor, Msisdn, ProcessCode, ProcessStatus, TopUpPolicyKind,
 };
@@ -157,7 +158,7 @@ impl Engine {
             ),
             None => None,
         };
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(Origin::retailer(&retailer.id));
         let view = ProcessView::from_row(&process);
         effects.event(retailer, &process.id, "process.created", &view);
         if let Some(step) = &first_step {
@@ -381,7 +382,7 @@ impl Engine {
                 status: process.status.clone(),
             });
         }
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(Origin::retailer(&retailer.id));
         self.end_process(
             conn,
             &mut process,
@@ -430,22 +431,22 @@ impl Engine {
                 .customer_id
                 .clone()
                 .ok_or(EngineError::Invariant("a hold without a customer".into()))?;
-            self.ledger
-                .post(
-                    conn,
-                    Transfer {
-                        kind: TransferKind::Return,
-                        currency: process.currency(),
-                        debit: (AccountKind::ProcessHold, &process.id),
-                        credit: (AccountKind::CustomerCredit, &customer_id),
-                        amount: returned,
-                        process_id: Some(&process.id),
-                        step_id: None,
-                        reference: None,
-                        now_ms,
-                    },
-                )
-                .await?;
+            self.post(
+                conn,
+                effects,
+                Transfer {
+                    kind: TransferKind::Return,
+                    currency: process.currency(),
+                    debit: (AccountKind::ProcessHold, &process.id),
+                    credit: (AccountKind::CustomerCredit, &customer_id),
+                    amount: returned,
+                    process_id: Some(&process.id),
+                    step_id: None,
+                    reference: None,
+                    now_ms,
+                },
+            )
+            .await?;
         }
         let status = match ended {
             Ended::Closed => ProcessStatus::Closed,

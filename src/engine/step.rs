@@ -11,6 +11,7 @@ use super::texts::Text;
 use super::txn::Txn;
 use super::views::StepView;
 use super::{Engine, EngineError};
+use crate::audit::Origin;
 use crate::domain::{ConfirmationKind, Minor, ProcessStatus, TopUpPolicyKind};
 use crate::ledger::{AccountKind, Transfer, TransferKind};
 
@@ -66,7 +67,7 @@ impl Engine {
             Some(customer) => customer,
             None => self.process_customer(conn, &process).await?,
         };
-        let mut effects = Effects::default();
+        let mut effects = Effects::new(Origin::retailer(&retailer.id));
         let description = request.description.as_deref();
         let reference = request.reference.as_deref();
         let fits = amount <= process.remaining;
@@ -187,22 +188,22 @@ impl Engine {
         step: &StepRow,
     ) -> Result<StepRow, EngineError> {
         let now_ms = txn.now_ms;
-        self.ledger
-            .post(
-                txn.conn,
-                Transfer {
-                    kind: TransferKind::Step,
-                    currency: process.currency(),
-                    debit: (AccountKind::ProcessHold, &process.id),
-                    credit: (AccountKind::RetailerReceivable, &retailer.id),
-                    amount: step.amount,
-                    process_id: Some(&process.id),
-                    step_id: Some(&step.id),
-                    reference: step.reference.as_deref(),
-                    now_ms,
-                },
-            )
-            .await?;
+        self.post(
+            txn.conn,
+            txn.effects,
+            Transfer {
+                kind: TransferKind::Step,
+                currency: process.currency(),
+                debit: (AccountKind::ProcessHold, &process.id),
+                credit: (AccountKind::RetailerReceivable, &retailer.id),
+                amount: step.amount,
+                process_id: Some(&process.id),
+                step_id: Some(&step.id),
+                reference: step.reference.as_deref(),
+                now_ms,
+            },
+        )
+        .await?;
         // The guard repeats the ledger's: the remaining amount is never negative, and the
         // database's CHECK says so a third time. A charge is activity, so the same statement
         // moves the inactivity expiry (what `touch` does).

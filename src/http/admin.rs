@@ -14,6 +14,7 @@ use super::error::{money_error, parse_json, ApiError};
 use super::idempotency::{self, OperationFuture};
 use super::ids::ResourceId;
 use super::AppState;
+use crate::audit::Origin;
 use crate::domain::{Currency, Email, FieldError, Language, Msisdn, Pin};
 use crate::engine::{NewCustomer, NewRetailer};
 use crate::outbox::dead_letters::{self, RequeueOutcome};
@@ -225,7 +226,9 @@ pub async fn create_customer(
         &body,
         move |conn| -> OperationFuture<'_> {
             Box::pin(async move {
-                let id = engine.create_customer(conn, customer).await?;
+                let id = engine
+                    .create_customer(conn, &Origin::operator("admin_api"), customer)
+                    .await?;
                 Ok((StatusCode::CREATED, json!({ "id": id })))
             })
         },
@@ -261,7 +264,14 @@ pub async fn create_deposit(
         move |conn| -> OperationFuture<'_> {
             Box::pin(async move {
                 let credit = engine
-                    .deposit(conn, &customer_id, currency, amount, reference.as_deref())
+                    .deposit(
+                        conn,
+                        &Origin::operator("admin_api"),
+                        &customer_id,
+                        currency,
+                        amount,
+                        reference.as_deref(),
+                    )
                     .await?;
                 let answer = json!({
                     "customer_id": customer_id,
@@ -295,7 +305,10 @@ pub async fn create_retailer(
 ) -> Result<Response, ApiError> {
     let retailer = parse_json::<CreateRetailerBody>(&body)?.into_domain()?;
     let mut tx = state.engine.store.begin_write().await?;
-    let credentials = state.engine.create_retailer(&mut tx, retailer).await?;
+    let credentials = state
+        .engine
+        .create_retailer(&mut tx, &Origin::operator("admin_api"), retailer)
+        .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(credentials)).into_response())
 }
@@ -355,7 +368,13 @@ pub async fn requeue_outbox(
     ResourceId(message_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
-    let outcome = dead_letters::requeue(&mut tx, &message_id, state.engine.now_ms()).await?;
+    let outcome = dead_letters::requeue(
+        &mut tx,
+        &Origin::operator("admin_api"),
+        &message_id,
+        state.engine.now_ms(),
+    )
+    .await?;
     tx.commit().await?;
     match outcome {
         RequeueOutcome::Requeued(message) => Ok(Json(message).into_response()),
@@ -375,7 +394,10 @@ pub async fn rotate_api_key(
     ResourceId(retailer_id): ResourceId,
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
-    let rotated = state.engine.rotate_api_key(&mut tx, &retailer_id).await?;
+    let rotated = state
+        .engine
+        .rotate_api_key(&mut tx, &Origin::operator("admin_api"), &retailer_id)
+        .await?;
     tx.commit().await?;
     Ok(Json(rotated).into_response())
 }
@@ -390,7 +412,7 @@ pub async fn rotate_webhook_secret(
     let mut tx = state.engine.store.begin_write().await?;
     let rotated = state
         .engine
-        .rotate_webhook_secret(&mut tx, &retailer_id)
+        .rotate_webhook_secret(&mut tx, &Origin::operator("admin_api"), &retailer_id)
         .await?;
     tx.commit().await?;
     Ok(Json(rotated).into_response())

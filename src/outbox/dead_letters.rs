@@ -119,6 +119,7 @@ pub enum RequeueOutcome {
 /// Puts a dead letter back in the queue, due now, with a fresh retry period.
 pub async fn requeue(
     conn: &mut AnyConnection,
+    origin: &crate::audit::Origin,
     id: &str,
     now_ms: i64,
 ) -> Result<RequeueOutcome, sqlx::Error> {
@@ -139,6 +140,14 @@ pub async fn requeue(
         (_, None) => RequeueOutcome::NotFound,
         (1, Some(row)) => {
             tracing::info!(message_id = id, "Dead letter requeued");
+            let change = crate::audit::Change {
+                action: "outbox.requeued".into(),
+                subject_kind: "outbox".into(),
+                subject_id: id.into(),
+                before: serde_json::json!({"status": "dead"}),
+                after: serde_json::json!({"status": "queued"}),
+            };
+            crate::audit::append(conn, origin, now_ms, &[change]).await?;
             RequeueOutcome::Requeued(Box::new(row.into()))
         }
         (_, Some(row)) => RequeueOutcome::NotDead(row.status),

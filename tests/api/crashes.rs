@@ -1,9 +1,13 @@
-//! The daemon killed with SIGKILL again and again while a scenario runs from several
-//! clients at once (so that kills land while shared write batches commit): afterwards every
-//! acknowledged step is charged exactly once, and every event has reached the retailer's
-//! webhook, under one webhook-id each.
+//! The kill harness: the real daemon killed with SIGKILL a hundred times at random moments
+//! while clients open, confirm, charge and close at once (so that kills land while shared
+//! write batches commit): afterwards every acknowledged step exists exactly once, every
+//! unacknowledged one once or not at all, the same for opens, confirmations and closes,
+//! the ledger holds, and every event has reached the retailer's webhook under one id.
+//!
+//! `PAYSTEP_KILLS=1000 cargo test --test api crashes::no_webhook` runs a longer one.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +20,22 @@ use crate::helpers::{fresh_database_url, Db, ADMIN_TOKEN};
 use crate::on_both_databases;
 use crate::webhooks::{assert_delivered_exactly_once_in_order, WebhookReceiver};
 
-const KILLS: usize = 10;
-/// Clients sending at once, so that their writes share batches.
-const CLIENTS: usize = 8;
+/// Kills per run, unless `PAYSTEP_KILLS` says otherwise.
+const KILLS_DEFAULT: usize = 100;
+/// Clients charging steps on one shared process, so that their writes share batches.
+const STEP_CLIENTS: usize = 5;
+/// Clients that each open a process for their own customer, confirm it on the page,
+/// charge two steps and close it, again and again.
+const SESSION_CLIENTS: usize = 3;
 
-on_both_databases!(no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load);
+on_both_databases!(no_acknowledged_operation_is_lost_or_doubled_across_a_hundred_sigkills);
+
+fn kills() -> usize {
+    std::env::var("PAYSTEP_KILLS")
+        .ok()
+        .and_then(|kills| kills.parse().ok())
+        .unwrap_or(KILLS_DEFAULT)
+}
 
 /// Settings that make retries and lease expiry quick enough for a test.
 const FAST: [(&str, &str); 5] = [
@@ -53,59 +68,225 @@ async fn feed(daemon: &Daemon, api_key: &str) -> Vec<Value> {
     }
 }
 
-/// Steps and new processes, as fast as the daemon takes them, ignoring the refusals of a
-/// daemon that is down.
-async fn load(
+/// What the clients sent and what the daemon acknowledged, by the reference each request
+/// carried (unique per request), shared by all clients.
+#[derive(Default)]
+struct Record {
+    /// References of every step and open sent, acknowledged or not, with which it was.
+    sent: HashMap<String, &'static str>,
+    /// References the daemon acknowledged with a complete answer.
+    acknowledged: HashSet<String>,
+    /// Ids of acknowledged steps, whose `step.charged` events are counted.
+    steps: Vec<String>,
+    /// Processes whose confirmation, or whose close, was acknowledged.
+    confirmed: Vec<String>,
+    closed: Vec<String>,
+}
+
+/// What every client shares.
+#[derive(Clone)]
+struct Load {
     base: String,
     api_key: String,
-    process_id: String,
+    console: std::path::PathBuf,
     stop: Arc<AtomicBool>,
-    acknowledged: Arc<AtomicUsize>,
-    acknowledged_steps: Arc<Mutex<Vec<String>>>,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let mut round = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        round += 1;
-        let (path, body) = if round.is_multiple_of(5) {
-            (
-                "/v1/processes".to_string(),
-                json!({"currency": "EUR", "release": "1.00", "description": "Till 3"}),
-            )
-        } else {
-            (
-                format!("/v1/processes/{process_id}/steps"),
-                json!({"amount": "0.01"}),
-            )
-        };
-        let sent = client
-            .post(format!("{base}{path}"))
-            .bearer_auth(&api_key)
+    record: Arc<Mutex<Record>>,
+    client: reqwest::Client,
+}
+
+impl Load {
+    /// POSTs `body`; the answer only when it came whole with `expected` (a kill can cut it
+    /// off: that is no acknowledgement). `reference` (and what it names) is noted as sent
+    /// before sending.
+    async fn post(
+        &self,
+        path: &str,
+        body: Value,
+        reference: Option<(&str, &'static str)>,
+        expected: StatusCode,
+    ) -> Option<Value> {
+        if let Some((reference, what)) = reference {
+            let mut record = self.record.lock().unwrap();
+            record.sent.insert(reference.to_string(), what);
+        }
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.api_key)
             .json(&body)
             .send()
-            .await;
-        match sent {
-            Ok(response) if response.status() == StatusCode::CREATED => {
-                let is_step = path.ends_with("/steps");
-                // An answer cut off by a kill is not an acknowledgement.
-                let Ok(answer) = response.json::<Value>().await else {
-                    continue;
-                };
-                acknowledged.fetch_add(1, Ordering::SeqCst);
-                if is_step {
-                    let step_id = answer["id"].as_str().unwrap().to_string();
-                    acknowledged_steps.lock().unwrap().push(step_id);
-                }
+            .await
+            .ok()
+            .filter(|response| response.status() == expected)?;
+        let answer = response.json::<Value>().await.ok()?;
+        if let Some((reference, _)) = reference {
+            self.record
+                .lock()
+                .unwrap()
+                .acknowledged
+                .insert(reference.to_string());
+        }
+        Some(answer)
+    }
+
+    async fn step(&self, process_id: &str, amount: &str, reference: &str) -> bool {
+        let body = json!({"amount": amount, "reference": reference});
+        let path = format!("/v1/processes/{process_id}/steps");
+        let reference = Some((reference, "step"));
+        match self.post(&path, body, reference, StatusCode::CREATED).await {
+            Some(step) => {
+                let id = step["id"].as_str().unwrap().to_string();
+                self.record.lock().unwrap().steps.push(id);
+                true
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            None => false,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    async fn pause(&self) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Steps of one cent on the shared process, as fast as the daemon takes them.
+async fn charge_steps(load: Load, client: usize, process_id: String) {
+    let mut round = 0u64;
+    while !load.stopped() {
+        round += 1;
+        let reference = format!("s{client}-{round}");
+        if !load.step(&process_id, "0.01", &reference).await {
+            load.pause().await;
         }
     }
 }
 
-async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
+/// Open, confirm on the page, two steps, close; again and again, moving on from whatever
+/// a kill interrupts.
+async fn sessions(load: Load, client: usize, msisdn: String) {
+    let mut round = 0u64;
+    while !load.stopped() {
+        round += 1;
+        let reference = format!("o{client}-{round}");
+        let body = json!({"customer": {"msisdn": msisdn}, "currency": "EUR", "release": "1.00", "reference": reference});
+        let Some(process) = load
+            .post(
+                "/v1/processes",
+                body,
+                Some((&reference, "open")),
+                StatusCode::CREATED,
+            )
+            .await
+        else {
+            load.pause().await;
+            continue;
+        };
+        let process_id = process["id"].as_str().unwrap().to_string();
+        if !confirm(&load, &process_id).await {
+            continue;
+        }
+        for step in 1..=2 {
+            load.step(&process_id, "0.10", &format!("{reference}-{step}"))
+                .await;
+        }
+        let close = format!("/v1/processes/{process_id}/close");
+        if load
+            .post(&close, json!({}), None, StatusCode::OK)
+            .await
+            .is_some()
+        {
+            load.record.lock().unwrap().closed.push(process_id);
+        }
+    }
+}
+
+/// Answers the process's confirmation request on the page with the PIN, once its link
+/// reaches the console (the dispatcher may be down for a while).
+async fn confirm(load: &Load, process_id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let link = loop {
+        let request = crate::daemon::console_lines(&load.console)
+            .into_iter()
+            .find(|m| m["kind"] == "confirmation_request" && m["process_id"] == process_id);
+        if let Some(request) = request {
+            break request["url"].as_str().unwrap().to_string();
+        }
+        if load.stopped() || Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let answered = load
+        .client
+        .post(&link)
+        .form(&[("action", "confirm"), ("pin", crate::helpers::PIN)])
+        .send()
+        .await;
+    let acknowledged = match answered {
+        Ok(response) if response.status() == StatusCode::OK => response.text().await.is_ok(),
+        _ => false,
+    };
+    if acknowledged {
+        load.record
+            .lock()
+            .unwrap()
+            .confirmed
+            .push(process_id.to_string());
+    }
+    acknowledged
+}
+
+/// How many rows of `table` carry each reference, straight from the database.
+async fn rows_by_reference(db: Db, url: &str, table: &str) -> HashMap<String, i64> {
+    use sqlx::Connection;
+    let sql = format!(
+        "SELECT reference, COUNT(*) FROM {table} WHERE reference IS NOT NULL GROUP BY reference"
+    );
+    let rows: Vec<(String, i64)> = match db {
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_as(&sql).fetch_all(&mut conn).await.unwrap()
+        }
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_as(&sql).fetch_all(&mut conn).await.unwrap()
+        }
+    };
+    rows.into_iter().collect()
+}
+
+/// Every acknowledged reference exists exactly once, every other one at most once; the
+/// number of unacknowledged ones that made it.
+fn assert_once_or_never(record: &Record, counts: &HashMap<String, i64>, what: &str) -> usize {
+    let mut unacknowledged_kept = 0;
+    let sent = record
+        .sent
+        .iter()
+        .filter(|(_, sent_what)| **sent_what == what)
+        .map(|(reference, _)| reference);
+    for reference in sent {
+        let count = counts.get(reference).copied().unwrap_or(0);
+        if record.acknowledged.contains(reference) {
+            assert_eq!(
+                count, 1,
+                "acknowledged {what} {reference} exists {count} times"
+            );
+        } else {
+            assert!(
+                count <= 1,
+                "unacknowledged {what} {reference} exists {count} times"
+            );
+            unacknowledged_kept += count as usize;
+        }
+    }
+    unacknowledged_kept
+}
+
+async fn no_acknowledged_operation_is_lost_or_doubled_across_a_hundred_sigkills(db: Db) {
+    let kills = kills();
     let dir = tempfile::tempdir().unwrap();
     let database_url = fresh_database_url(db, dir.path()).await;
     let console = dir.path().join("console.jsonl");
@@ -119,42 +300,77 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     let process_id = daemon
         .open_confirmed_process(&console, &api_key, "+491791000009", ("1000.00", "900.00"))
         .await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let acknowledged = Arc::new(AtomicUsize::new(0));
-    let acknowledged_steps = Arc::new(Mutex::new(Vec::new()));
-    let load_tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            tokio::spawn(load(
-                daemon.base.clone(),
-                api_key.clone(),
-                process_id.clone(),
-                stop.clone(),
-                acknowledged.clone(),
-                acknowledged_steps.clone(),
-            ))
-        })
-        .collect();
-    for _ in 0..KILLS {
-        let pause_ms = rand::thread_rng().gen_range(150..450);
+    let load = Load {
+        base: daemon.base.clone(),
+        api_key: api_key.clone(),
+        console: console.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        record: Arc::new(Mutex::new(Record::default())),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap(),
+    };
+    let mut clients = Vec::new();
+    for client in 0..STEP_CLIENTS {
+        clients.push(tokio::spawn(charge_steps(
+            load.clone(),
+            client,
+            process_id.clone(),
+        )));
+    }
+    for client in 0..SESSION_CLIENTS {
+        let msisdn = format!("+4917920000{client:02}");
+        let customer = json!({"name": "Kim", "msisdn": msisdn, "pin": crate::helpers::PIN});
+        daemon.create_customer(customer, "10000.00").await;
+        clients.push(tokio::spawn(sessions(load.clone(), client, msisdn)));
+    }
+    let started = Instant::now();
+    for _ in 0..kills {
+        let pause_ms = rand::thread_rng().gen_range(200..700);
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         daemon.sigkill().await;
         daemon = start_daemon_on(&database_url, &console, port, &FAST).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    for load_task in load_tasks {
-        load_task.await.unwrap();
+    load.stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
     }
+    let record = std::mem::take(&mut *load.record.lock().unwrap());
     assert!(
-        acknowledged.load(Ordering::SeqCst) >= KILLS,
+        record.acknowledged.len() >= kills,
         "the load ran between the kills"
     );
 
+    let steps = rows_by_reference(db, &database_url, "steps").await;
+    let opens = rows_by_reference(db, &database_url, "processes").await;
+    let kept_steps = assert_once_or_never(&record, &steps, "step");
+    let kept_opens = assert_once_or_never(&record, &opens, "open");
+    for (acknowledged, not_status) in [
+        (&record.confirmed, "awaiting_confirmation"),
+        (&record.closed, "active"),
+    ] {
+        for process_id in acknowledged {
+            let (status, process) = daemon
+                .call(
+                    Method::GET,
+                    &format!("/v1/processes/{process_id}"),
+                    &api_key,
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            assert_ne!(process["status"], not_status, "{process:#}");
+            if not_status == "active" {
+                assert_eq!(process["status"], "closed", "{process:#}");
+            }
+        }
+    }
+
     let events = feed(&daemon, &api_key).await;
     // Every acknowledged step was charged exactly once: one step.charged event each.
-    let acknowledged_steps = acknowledged_steps.lock().unwrap().clone();
-    for step_id in &acknowledged_steps {
+    for step_id in &record.steps {
         let charged = events
             .iter()
             .filter(|event| event["type"] == "step.charged" && event["data"]["id"] == *step_id)
@@ -167,7 +383,7 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let received = receiver.received().await;
-        let arrived: std::collections::HashSet<&str> = received
+        let arrived: HashSet<&str> = received
             .deliveries
             .iter()
             .map(|(_, payload)| payload["id"].as_str().unwrap())
@@ -188,9 +404,18 @@ async fn no_webhook_is_lost_or_renamed_across_ten_sigkills_under_load(db: Db) {
     }
     let received = receiver.received().await;
     eprintln!(
-        "{KILLS} kills, {CLIENTS} clients: {} acknowledged requests ({} steps, each charged once), {} events, {} deliveries ({} repeated under their webhook-id)",
-        acknowledged.load(Ordering::SeqCst),
-        acknowledged_steps.len(),
+        "kill harness {db:?}: {kills} kills in {:.0} s, {} clients: {} requests sent, {} acknowledged \
+         ({} steps each charged once; {} unacknowledged steps and {} unacknowledged opens kept, once), \
+         {} confirmations and {} closes acknowledged, {} events, {} deliveries ({} repeated under their webhook-id)",
+        started.elapsed().as_secs_f64(),
+        STEP_CLIENTS + SESSION_CLIENTS,
+        record.sent.len(),
+        record.acknowledged.len(),
+        record.steps.len(),
+        kept_steps,
+        kept_opens,
+        record.confirmed.len(),
+        record.closed.len(),
         events.len(),
         received.deliveries.len(),
         received.deliveries.len() - events.len(),

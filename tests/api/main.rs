@@ -5,6 +5,7 @@ mod helpers;
 
 mod browser;
 
+mod audit;
 mod batches;
 mod claims;
 mod concurrency;
