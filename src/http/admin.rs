@@ -296,7 +296,7 @@ pub async fn create_retailer(
     let retailer = parse_json::<CreateRetailerBody>(&body)?.into_domain()?;
     let mut tx = state.engine.store.begin_write().await?;
     let credentials = state.engine.create_retailer(&mut tx, retailer).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok((StatusCode::CREATED, Json(credentials)).into_response())
 }
 
@@ -356,7 +356,7 @@ pub async fn requeue_outbox(
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
     let outcome = dead_letters::requeue(&mut tx, &message_id, state.engine.now_ms()).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     match outcome {
         RequeueOutcome::Requeued(message) => Ok(Json(message).into_response()),
         RequeueOutcome::NotFound => Err(ApiError::not_found("outbox message")),
@@ -376,7 +376,7 @@ pub async fn rotate_api_key(
 ) -> Result<Response, ApiError> {
     let mut tx = state.engine.store.begin_write().await?;
     let rotated = state.engine.rotate_api_key(&mut tx, &retailer_id).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok(Json(rotated).into_response())
 }
 
@@ -392,6 +392,6 @@ pub async fn rotate_webhook_secret(
         .engine
         .rotate_webhook_secret(&mut tx, &retailer_id)
         .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok(Json(rotated).into_response())
 }
