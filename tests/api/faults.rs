@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Connection, Row};
 
-use crate::daemon::{start_daemon_logging, Daemon};
+use crate::daemon::{console_lines, start_daemon_logging, Daemon};
 use postgres_cluster::PostgresCluster;
 
 /// Concurrent clients, each with a process of its own that it charges steps to.
@@ -651,6 +651,7 @@ async fn postgres_restarted_under_load_is_a_clean_503_then_recovers_by_itself_lo
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(get_status(&daemon, "/healthz").await, StatusCode::OK);
+    assert_confirmation_page_unavailable(&daemon, &console_path).await;
     let outage = stopped_at.elapsed();
 
     load.phases.set(Phase::Repairing);
@@ -693,6 +694,28 @@ async fn postgres_restarted_under_load_is_a_clean_503_then_recovers_by_itself_lo
         server_up.as_millis(),
         ready.as_millis()
     );
+}
+
+/// A customer opening a confirmation link while the database is away gets a page that says
+/// to try again (503 with `Retry-After`), not an internal error.
+async fn assert_confirmation_page_unavailable(daemon: &Daemon, console_path: &Path) {
+    let link = console_lines(console_path)
+        .into_iter()
+        .find(|message| message["kind"] == "confirmation_request")
+        .and_then(|message| message["url"].as_str().map(str::to_owned))
+        .expect("the console has a confirmation request");
+    assert!(link.starts_with(&daemon.base), "{link}");
+    let response = daemon
+        .client
+        .get(&link)
+        .timeout(Duration::from_millis(CLIENT_TIMEOUT_MS))
+        .send()
+        .await
+        .expect("the page answers");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let page = response.text().await.unwrap();
+    assert!(page.contains("try again in a moment"), "{page}");
 }
 
 /// Polls `/readyz` until it answers 200, for at most `DEADLINE_S`.
