@@ -119,8 +119,9 @@ impl Outcome {
     }
 }
 
-/// Refusals that promise nothing was changed.
-const NOTHING_CHANGED_CODES: [&str; 2] = ["database_unavailable", "storage_unavailable"];
+/// Refusals that promise nothing was changed: the database away, its disk full.
+const DATABASE_UNAVAILABLE: &str = "database_unavailable";
+const STORAGE_UNAVAILABLE: &str = "storage_unavailable";
 /// The one refusal that may have changed something (a commit whose connection broke).
 const OUTCOME_UNKNOWN_CODE: &str = "commit_outcome_unknown";
 
@@ -602,11 +603,14 @@ async fn start_daemon_in(dir: &Path, database_url: &str) -> (Daemon, PathBuf, Lo
     )
     .unwrap();
     let log_path = dir.join("paystep.log");
+    let request_timeout_ms = REQUEST_TIMEOUT_MS.to_string();
     let settings = [
         ("PAYSTEP__DATABASE__ACQUIRE_TIMEOUT_MS", ACQUIRE_TIMEOUT_MS),
-        ("PAYSTEP__HTTP__REQUEST_TIMEOUT_MS", "5000"),
+        (
+            "PAYSTEP__HTTP__REQUEST_TIMEOUT_MS",
+            request_timeout_ms.as_str(),
+        ),
     ];
-    assert_eq!(REQUEST_TIMEOUT_MS, 5000);
     let daemon = start_daemon_logging(
         database_url,
         &console_path,
@@ -665,7 +669,7 @@ async fn postgres_restarted_under_load_is_a_clean_503_then_recovers_by_itself_lo
         .await;
     let outcomes = load.finish().await;
 
-    let codes = [NOTHING_CHANGED_CODES[0], OUTCOME_UNKNOWN_CODE];
+    let codes = [DATABASE_UNAVAILABLE, OUTCOME_UNKNOWN_CODE];
     assert_answered_or_refused_cleanly(&outcomes, &codes);
     for outcome in outcomes.iter().filter(|o| o.during_the_fault()) {
         assert_eq!(
@@ -673,7 +677,7 @@ async fn postgres_restarted_under_load_is_a_clean_503_then_recovers_by_itself_lo
             Some(StatusCode::SERVICE_UNAVAILABLE),
             "{outcome:?}"
         );
-        assert_eq!(outcome.code(), Some("database_unavailable"), "{outcome:?}");
+        assert_eq!(outcome.code(), Some(DATABASE_UNAVAILABLE), "{outcome:?}");
     }
     let refused_after = outcomes
         .iter()
@@ -788,6 +792,7 @@ impl Drop for SmallFileSystem {
     fn drop(&mut self) {
         let unmounted = std::process::Command::new("umount")
             .arg(&self.mount_point)
+            .stderr(std::process::Stdio::null())
             .status();
         if !unmounted.is_ok_and(|status| status.success()) {
             // Still busy (a daemon not reaped yet): detach it now, the kernel frees it later.
@@ -814,8 +819,8 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_data_and_recovers_wh
     let filled = disk.fill();
     load.phases.set(Phase::Fault);
     let filled_at = Instant::now();
-    // SQLite writes on in room its files already have (a WAL reused after a checkpoint)
-    // until it needs a new page; from then on writes are refused.
+    // SQLite goes on writing into room its files already have (the part of the WAL a
+    // checkpoint let it reuse) until it needs a new page; from then on writes are refused.
     load.wait_for_refusals_during_the_fault(REFUSALS_PER_CLIENT_MIN)
         .await;
     let until_refusals = filled_at.elapsed();
@@ -833,7 +838,7 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_data_and_recovers_wh
     wait_until_outbox_drained(&database_url).await;
     daemon.sigkill().await;
 
-    assert_answered_or_refused_cleanly(&outcomes, &["storage_unavailable"]);
+    assert_answered_or_refused_cleanly(&outcomes, &[STORAGE_UNAVAILABLE]);
     let refused_after = outcomes
         .iter()
         .filter(|o| o.sent == Phase::After && !o.acknowledged());
