@@ -69,6 +69,10 @@ pub enum EngineError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The store refused or lost the write (queue full, batch not committed, outcome
+    /// unknown): the API answers each as the store's own error, retriable or not.
+    #[error("{0}")]
+    Store(crate::store::StoreError),
     #[error("internal invariant broken: {0}")]
     Invariant(String),
 }
@@ -90,7 +94,7 @@ impl From<crate::store::StoreError> for EngineError {
     fn from(error: crate::store::StoreError) -> Self {
         match error {
             crate::store::StoreError::Database(error) => EngineError::Database(error),
-            other => EngineError::Invariant(other.to_string()),
+            other => EngineError::Store(other),
         }
     }
 }

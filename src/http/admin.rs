@@ -309,7 +309,7 @@ pub async fn create_retailer(
         .engine
         .create_retailer(&mut tx, &Origin::operator("admin_api"), retailer)
         .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok((StatusCode::CREATED, Json(credentials)).into_response())
 }
 
@@ -375,7 +375,7 @@ pub async fn requeue_outbox(
         state.engine.now_ms(),
     )
     .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     match outcome {
         RequeueOutcome::Requeued(message) => Ok(Json(message).into_response()),
         RequeueOutcome::NotFound => Err(ApiError::not_found("outbox message")),
@@ -398,7 +398,7 @@ pub async fn rotate_api_key(
         .engine
         .rotate_api_key(&mut tx, &Origin::operator("admin_api"), &retailer_id)
         .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok(Json(rotated).into_response())
 }
 
@@ -414,6 +414,6 @@ pub async fn rotate_webhook_secret(
         .engine
         .rotate_webhook_secret(&mut tx, &Origin::operator("admin_api"), &retailer_id)
         .await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(crate::store::commit_error)?;
     Ok(Json(rotated).into_response())
 }

@@ -9,7 +9,14 @@ use serde_json::{json, Value};
 use super::throttle::RetryAfter;
 use crate::domain::{FieldError, MoneyError};
 use crate::engine::EngineError;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
+
+/// When to try again after the database was unreachable: a restart or failover takes
+/// seconds.
+pub(crate) const UNREACHABLE_RETRY_AFTER_S: u64 = 1;
+/// When to try again after the database could not write to its storage: someone has to
+/// free space or fix the disk, which takes longer.
+const STORAGE_RETRY_AFTER_S: u64 = 30;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -17,7 +24,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
-    /// Sent as `Retry-After` (seconds) with a 429.
+    /// Sent as `Retry-After` (seconds) with a 429 or 503.
     pub retry_after: Option<RetryAfter>,
 }
 
@@ -86,6 +93,29 @@ impl ApiError {
         )
     }
 
+    /// A 503 with `Retry-After`: the request may be sent again unchanged.
+    pub fn retriable(code: &'static str, message: impl Into<String>, seconds: u64) -> ApiError {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        error.retry_after = Some(RetryAfter { seconds });
+        error
+    }
+
+    /// The database is unavailable and nothing of the request was done.
+    pub fn database_unavailable(unavailable: Unavailable) -> ApiError {
+        match unavailable {
+            Unavailable::Unreachable => ApiError::retriable(
+                "database_unavailable",
+                "the database is unavailable; nothing was changed; try again shortly",
+                UNREACHABLE_RETRY_AFTER_S,
+            ),
+            Unavailable::Storage => ApiError::retriable(
+                "storage_unavailable",
+                "the database cannot write to its storage (full or failing); nothing was changed; try again later",
+                STORAGE_RETRY_AFTER_S,
+            ),
+        }
+    }
+
     pub fn body(&self) -> Value {
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(details) = &self.details {
@@ -124,6 +154,10 @@ fn is_text_the_database_refuses(error: &sqlx::Error) -> bool {
 fn database_error(error: &sqlx::Error) -> ApiError {
     if is_text_the_database_refuses(error) {
         return ApiError::bad_request("the request contains a character that is not allowed");
+    }
+    if let Some(unavailable) = crate::store::unavailable(error) {
+        tracing::warn!(error = %error, ?unavailable, "Database unavailable; answered 503");
+        return ApiError::database_unavailable(unavailable);
     }
     tracing::error!(error = %error, "Database error");
     ApiError::internal()
@@ -206,6 +240,7 @@ impl From<EngineError> for ApiError {
                 }
                 database_error(cause)
             }
+            EngineError::Store(store) => store.into(),
             EngineError::Invariant(ref message) => {
                 tracing::error!(invariant = %message, "Invariant broken");
                 ApiError::internal()
@@ -219,17 +254,37 @@ impl From<StoreError> for ApiError {
         match &error {
             StoreError::Database(database) => return database_error(database),
             // Nothing was done: the client may send the same request again.
-            StoreError::Busy | StoreError::WriterStopped | StoreError::CommitFailed(_) => {
-                if !matches!(error, StoreError::Busy) {
-                    tracing::error!(error = %error, "Write not committed");
-                }
-                let mut answer = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Busy => {
+                return ApiError::retriable(
                     "unavailable",
                     format!("{error}; nothing was changed"),
+                    UNREACHABLE_RETRY_AFTER_S,
                 );
-                answer.retry_after = Some(RetryAfter { seconds: 1 });
-                return answer;
+            }
+            StoreError::CommitFailed {
+                unavailable: Some(unavailable),
+                ..
+            } => {
+                tracing::warn!(error = %error, "Write not committed: the database is unavailable");
+                return ApiError::database_unavailable(*unavailable);
+            }
+            StoreError::WriterStopped | StoreError::CommitFailed { .. } => {
+                tracing::error!(error = %error, "Write not committed");
+                return ApiError::retriable(
+                    "unavailable",
+                    "the write could not be committed; nothing was changed",
+                    UNREACHABLE_RETRY_AFTER_S,
+                );
+            }
+            // Unlike every other failure, this one may have changed something: the client
+            // has to find out before repeating a write that is not idempotent.
+            StoreError::CommitOutcomeUnknown(_) => {
+                tracing::error!(error = %error, "Commit outcome unknown");
+                return ApiError::retriable(
+                    "commit_outcome_unknown",
+                    "the connection to the database broke during the commit, so the change may or may not have been made; send the request again with the same Idempotency-Key, or look before repeating it",
+                    UNREACHABLE_RETRY_AFTER_S,
+                );
             }
             StoreError::Migration(_) | StoreError::Directory { .. } => {}
         }
@@ -311,11 +366,64 @@ mod store_error_tests {
         let response = ApiError::from(StoreError::Busy).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
-        let failed = ApiError::from(StoreError::CommitFailed("disk I/O error".into()));
+        let failed = ApiError::from(StoreError::CommitFailed {
+            message: "disk I/O error".into(),
+            unavailable: None,
+        });
         assert_eq!(failed.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(failed.body()["error"]["message"]
             .as_str()
             .unwrap()
             .ends_with("nothing was changed"));
+    }
+}
+
+#[cfg(test)]
+mod unavailable_database_tests {
+    use super::*;
+
+    fn assert_retriable(error: ApiError, code: &str) {
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", error);
+        assert_eq!(error.code, code);
+        let response = error.into_response();
+        assert!(response.headers().contains_key(RETRY_AFTER));
+    }
+
+    #[test]
+    fn an_unreachable_database_is_a_503_that_says_nothing_changed() {
+        for error in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            let answer = ApiError::from(error);
+            assert!(answer.message.contains("nothing was changed"));
+            assert_retriable(answer, "database_unavailable");
+        }
+    }
+
+    #[test]
+    fn a_batch_that_failed_on_a_full_disk_is_a_503_naming_the_storage() {
+        let failed = StoreError::CommitFailed {
+            message: "database or disk is full".into(),
+            unavailable: Some(Unavailable::Storage),
+        };
+        assert_retriable(ApiError::from(failed), "storage_unavailable");
+    }
+
+    #[test]
+    fn a_commit_whose_connection_broke_does_not_claim_nothing_changed() {
+        let broken = StoreError::CommitOutcomeUnknown(sqlx::Error::Io(
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
+        let answer = ApiError::from(broken);
+        assert!(!answer.message.contains("nothing was changed"));
+        assert_retriable(answer, "commit_outcome_unknown");
+    }
+
+    #[test]
+    fn other_database_errors_stay_internal() {
+        let answer = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -12,11 +12,27 @@ pub async fn healthz() -> impl IntoResponse {
     "ok"
 }
 
+/// How long readiness waits for the database. A probe must be answered before its prober
+/// gives up (Kubernetes waits one second by default), whatever `database.acquire_timeout_ms`
+/// says; a database that takes longer to answer `SELECT 1` is not ready for requests either.
+const READINESS_PING_TIMEOUT_MS: u64 = 1000;
+
+/// Ready when the database answers. On SQLite a full disk keeps the daemon ready: reads
+/// still work, writes are refused one by one with 503 `storage_unavailable`, and there is
+/// no other daemon a balancer could send them to.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.engine.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(error) => {
+    let timeout = std::time::Duration::from_millis(READINESS_PING_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, state.engine.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready"),
+        Ok(Err(error)) => {
             tracing::warn!(error = %error, "Not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = READINESS_PING_TIMEOUT_MS,
+                "Not ready: the database did not answer in time"
+            );
             (StatusCode::SERVICE_UNAVAILABLE, "database unavailable")
         }
     }

@@ -121,9 +121,9 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(body_limit_bytes))
         // Outside the limit layer, which answers by itself when Content-Length is too big.
         .layer(axum::middleware::from_fn(map_body_limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             request_timeout,
+            answer_within,
         ))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
@@ -215,6 +215,30 @@ fn json_or_empty(headers: &HeaderMap) -> bool {
 
 async fn openapi() -> impl IntoResponse {
     ([("content-type", "application/json")], OPENAPI_JSON)
+}
+
+/// Answers 503 `timeout`, in the API's error shape, when a request runs longer than
+/// `http.request_timeout_ms` (a database that stopped answering must not hold clients).
+/// The handler is dropped at its next await, but a write it queued for group commit still
+/// commits, so the answer does not claim that nothing changed.
+async fn answer_within(
+    axum::extract::State(timeout): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(timeout_ms, "Request timed out");
+            ApiError::retriable(
+                "timeout",
+                format!("the request did not finish within {timeout_ms} ms; a write may still be made: repeat it with the same Idempotency-Key to learn its outcome"),
+                1,
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The body limit layer answers with a bare 413; give it the API's error shape.

@@ -15,6 +15,7 @@ use axum::Form;
 use paystep_channel_core::ChannelName;
 use serde::Deserialize;
 
+use super::error::ApiError;
 use super::throttle::{ClientAddress, Guess, RetryAfter};
 use super::AppState;
 use crate::clock::format_ms;
@@ -57,6 +58,7 @@ struct Words {
     details: &'static str,
     throttled: &'static str,
     cross_site: &'static str,
+    unavailable: &'static str,
 }
 
 fn words(language: Language) -> &'static Words {
@@ -87,6 +89,8 @@ fn words(language: Language) -> &'static Words {
         details: "Details from the retailer",
         throttled: "Too many attempts. Please wait this many seconds:",
         cross_site: "This answer did not come from the payment page. Nothing was changed.",
+        unavailable:
+            "The service is briefly unavailable. Nothing was changed; please try again in a moment.",
     };
     const DE: Words = Words {
         title: "Zahlung bestätigen",
@@ -115,6 +119,7 @@ fn words(language: Language) -> &'static Words {
         details: "Angaben des Händlers",
         throttled: "Zu viele Versuche. Bitte warten Sie so viele Sekunden:",
         cross_site: "Diese Antwort kam nicht von der Zahlungsseite. Nichts wurde geändert.",
+        unavailable: "Der Dienst ist kurz nicht erreichbar. Nichts wurde geändert; bitte versuchen Sie es gleich noch einmal.",
     };
     match language {
         Language::En => &EN,
@@ -286,6 +291,42 @@ fn too_many_requests(retry_after: RetryAfter) -> Response {
     response
 }
 
+/// The page for an engine's failure: while the database is unavailable, a 503 with
+/// `Retry-After` that tells the customer to answer again; otherwise the internal error.
+fn engine_failure(error: &EngineError) -> Response {
+    use crate::store::StoreError;
+    let refused = match error {
+        EngineError::Database(cause) => {
+            crate::store::unavailable(cause).map(ApiError::database_unavailable)
+        }
+        EngineError::Store(StoreError::CommitFailed {
+            unavailable: Some(unavailable),
+            ..
+        }) => Some(ApiError::database_unavailable(*unavailable)),
+        // Refused before anything was written: the customer may answer again.
+        EngineError::Store(
+            StoreError::Busy | StoreError::WriterStopped | StoreError::CommitFailed { .. },
+        ) => Some(ApiError::retriable(
+            "unavailable",
+            error.to_string(),
+            super::error::UNREACHABLE_RETRY_AFTER_S,
+        )),
+        _ => None,
+    };
+    let Some(refused) = refused else {
+        return internal_error();
+    };
+    let mut response = bilingual(StatusCode::SERVICE_UNAVAILABLE, |words| {
+        words.unavailable.to_string()
+    });
+    if let Some(retry_after) = refused.retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after.seconds));
+    }
+    response
+}
+
 fn internal_error() -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -374,7 +415,7 @@ pub async fn show(
         Ok(None) => unknown_token(&state, source, &token),
         Err(error) => {
             tracing::error!(error = %error, "Cannot show a confirmation page");
-            internal_error()
+            engine_failure(&error)
         }
     }
 }
@@ -424,7 +465,7 @@ pub async fn answer(
                 Ok(None) => return unknown_token(&state, source, &token),
                 Err(error) => {
                     tracing::error!(error = %error, "Cannot answer a confirmation request");
-                    return internal_error();
+                    return engine_failure(&error);
                 }
             }
         }
@@ -451,7 +492,7 @@ pub async fn answer(
         Ok(None) => unknown_token(&state, source, &token),
         Err(error) => {
             tracing::error!(error = %error, "Cannot show an answered confirmation page");
-            internal_error()
+            engine_failure(&error)
         }
     }
 }

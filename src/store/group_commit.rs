@@ -10,7 +10,10 @@
 //! - An operation that fails rolls back to its savepoint: its batch-mates neither fail nor
 //!   see anything of it.
 //! - Nothing is answered before the batch commits; when the commit fails, every operation
-//!   of the batch is told so, and none of it happened.
+//!   of the batch is told so, and none of it happened. The connection that failed is
+//!   closed and the next batch gets a fresh one, so nothing a failure left behind (SQLite
+//!   rolls back by itself on a full disk or an I/O error, behind the driver's back) reaches
+//!   the next batch.
 //! - The queue in front is bounded: when it is full, a write is refused at once
 //!   (`StoreError::Busy`) with nothing done, and the API answers 503 with `Retry-After`.
 
@@ -23,7 +26,7 @@ use std::time::Duration;
 use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::StoreError;
+use super::{StoreError, Unavailable};
 
 /// The future of one write operation, borrowing the connection it runs on.
 pub type WriteFuture<'c, T> = Pin<Box<dyn Future<Output = T> + Send + 'c>>;
@@ -71,8 +74,31 @@ trait QueuedWrite: Send {
     fn run<'c>(&'c mut self, conn: &'c mut AnyConnection) -> WriteFuture<'c, bool>;
     /// True when its commit should wake the outbox dispatcher.
     fn wakes(&self) -> bool;
-    /// Answers the caller once the batch committed, or failed with `commit_error`.
-    fn finish(self: Box<Self>, commit_error: Option<&str>);
+    /// Answers the caller once the batch committed, or failed with `failure`.
+    fn finish(self: Box<Self>, failure: Option<&BatchFailure>);
+}
+
+/// Why a batch did not commit, told to each of its operations.
+#[derive(Debug, Clone)]
+struct BatchFailure {
+    message: String,
+    unavailable: Option<Unavailable>,
+}
+
+impl BatchFailure {
+    fn of(error: &sqlx::Error) -> BatchFailure {
+        BatchFailure {
+            message: error.to_string(),
+            unavailable: super::unavailable(error),
+        }
+    }
+
+    fn store_error(&self) -> StoreError {
+        StoreError::CommitFailed {
+            message: self.message.clone(),
+            unavailable: self.unavailable,
+        }
+    }
 }
 
 struct TypedWrite<F, T, E> {
@@ -104,13 +130,20 @@ where
         self.wakes
     }
 
-    fn finish(self: Box<Self>, commit_error: Option<&str>) {
-        let failed = || E::from(StoreError::CommitFailed(commit_error.unwrap_or("").into()));
-        let answer = match (self.outcome, commit_error) {
+    fn finish(self: Box<Self>, failure: Option<&BatchFailure>) {
+        let answer = match (self.outcome, failure) {
             // A refused operation changed nothing, whatever became of its batch.
             (Some(Err(error)), _) => Err(error),
             (Some(Ok(value)), None) => Ok(value),
-            (Some(Ok(_)), Some(_)) | (None, _) => Err(failed()),
+            (Some(Ok(_)), Some(failure)) => Err(E::from(failure.store_error())),
+            // Never run: an earlier operation's savepoint could not be ended.
+            (None, failure) => Err(E::from(failure.map_or(
+                StoreError::CommitFailed {
+                    message: "the batch stopped before this operation ran".into(),
+                    unavailable: None,
+                },
+                BatchFailure::store_error,
+            ))),
         };
         // The caller may have gone (a dropped request); the write stands either way.
         let _ = self.reply.send(answer);
@@ -199,15 +232,15 @@ impl WriterTask {
                 tracing::error!(operations, "A write batch panicked; none of it happened");
                 continue;
             };
-            let commit_error = result.err().map(|error| {
-            tracing::error!(error = %error, operations, "A write batch failed; none of it happened");
-            error.to_string()
-        });
-            if commit_error.is_none() && batch.iter().any(|queued| queued.wakes()) {
+            let failure = result.err().map(|error| {
+                tracing::error!(error = %error, operations, "A write batch failed; none of it happened");
+                BatchFailure::of(&error)
+            });
+            if failure.is_none() && batch.iter().any(|queued| queued.wakes()) {
                 committed.notify_one();
             }
             for queued in batch {
-                queued.finish(commit_error.as_deref());
+                queued.finish(failure.as_ref());
             }
         }
     }
@@ -238,12 +271,30 @@ async fn gather(
     }
 }
 
-/// One transaction, one savepoint per operation, one commit.
+/// One transaction, one savepoint per operation, one commit; after a failure the connection
+/// is closed rather than given back to the pool.
 async fn commit_batch(
     writer: &AnyPool,
     batch: &mut [Box<dyn QueuedWrite>],
 ) -> Result<(), sqlx::Error> {
-    let mut transaction = writer.begin().await?;
+    let mut connection = writer.acquire().await?;
+    let result = run_batch(&mut connection, batch).await;
+    if result.is_err() {
+        // After SQLITE_FULL or SQLITE_IOERR SQLite may already have rolled the transaction
+        // back by itself, and the driver, which counts nesting levels, would then turn the
+        // next batch's BEGIN into a SAVEPOINT. Closing also rolls back whatever is still open.
+        if let Err(error) = connection.close().await {
+            tracing::warn!(error = %error, "Cannot close the writer connection of a failed batch");
+        }
+    }
+    result
+}
+
+async fn run_batch(
+    connection: &mut AnyConnection,
+    batch: &mut [Box<dyn QueuedWrite>],
+) -> Result<(), sqlx::Error> {
+    let mut transaction = Connection::begin(&mut *connection).await?;
     for queued in batch.iter_mut() {
         let mut savepoint = Connection::begin(&mut *transaction).await?;
         if queued.run(&mut savepoint).await {
@@ -403,6 +454,86 @@ mod tests {
         held.await.unwrap().unwrap();
         assert_eq!(queued.await.unwrap().unwrap(), 11);
         assert_eq!(numbers(&pool).await, vec![11]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_commit_fails_fails_every_operation_and_the_writer_goes_on() {
+        sqlx::any::install_default_drivers();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("commit.db").display()
+        );
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|connection, _meta| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *connection)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE numbers (n BIGINT PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // A deferred foreign key is checked at COMMIT: a pointer to nowhere fails the commit
+        // of its whole batch, though every operation in it succeeded.
+        sqlx::query(
+            "CREATE TABLE pointers (n BIGINT REFERENCES numbers (n) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let group_commit = GroupCommit::start(
+            pool.clone(),
+            limits(64),
+            Arc::new(WriteCounters::default()),
+            Arc::new(Notify::new()),
+        );
+        let (release, held) = hold_the_writer(&group_commit).await;
+        let number = {
+            let group_commit = group_commit.clone();
+            tokio::spawn(async move { insert(&group_commit, 1).await })
+        };
+        let dangling = {
+            let group_commit = group_commit.clone();
+            tokio::spawn(async move {
+                group_commit
+                    .write(
+                        |conn| -> WriteFuture<'_, Result<(), StoreError>> {
+                            Box::pin(async move {
+                                sqlx::query("INSERT INTO pointers (n) VALUES (99)")
+                                    .execute(&mut *conn)
+                                    .await?;
+                                Ok(())
+                            })
+                        },
+                        true,
+                    )
+                    .await
+            })
+        };
+        wait_until_queued(&group_commit, 2).await;
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        let number = number.await.unwrap();
+        assert!(
+            matches!(number, Err(StoreError::CommitFailed { .. })),
+            "{number:?}"
+        );
+        let dangling = dangling.await.unwrap();
+        assert!(
+            matches!(dangling, Err(StoreError::CommitFailed { .. })),
+            "{dangling:?}"
+        );
+        assert_eq!(numbers(&pool).await, Vec::<i64>::new());
+        assert_eq!(insert(&group_commit, 2).await.unwrap(), 2);
+        assert_eq!(numbers(&pool).await, vec![2]);
     }
 
     #[tokio::test]

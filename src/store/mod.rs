@@ -50,8 +50,16 @@ pub enum StoreError {
     Busy,
     #[error("the database writer has stopped")]
     WriterStopped,
-    #[error("the write batch could not be committed: {0}")]
-    CommitFailed(String),
+    #[error("the write batch could not be committed: {message}")]
+    CommitFailed {
+        message: String,
+        /// Why, when the database was unavailable (the usual reason a commit fails).
+        unavailable: Option<Unavailable>,
+    },
+    /// The connection broke while a commit was on its way, so whether the server committed
+    /// is unknown (PostgreSQL; SQLite's commits either happen or fail).
+    #[error("the connection to the database broke during the commit: {0}")]
+    CommitOutcomeUnknown(sqlx::Error),
     #[error("cannot create the database directory {path}: {source}")]
     Directory {
         path: String,
@@ -202,7 +210,7 @@ impl Store {
                 transaction
                     .commit()
                     .await
-                    .map_err(|error| E::from(StoreError::Database(error)))?;
+                    .map_err(|error| E::from(commit_error(error)))?;
                 if wakes {
                     self.committed.notify_one();
                 }
@@ -321,6 +329,108 @@ fn sqlite_url_creating_file(url: &str) -> Result<String, StoreError> {
     })
 }
 
+/// A failed COMMIT. When the connection to a server broke, nobody can say whether the
+/// server committed before it did; any refusal the database answered (and every SQLite
+/// error, which comes from the library in this process) means it rolled back.
+pub fn commit_error(error: sqlx::Error) -> StoreError {
+    let answered_by_sqlite = matches!(
+        &error,
+        sqlx::Error::Database(database_error)
+            if database_error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+    );
+    if !answered_by_sqlite && unavailable(&error) == Some(Unavailable::Unreachable) {
+        StoreError::CommitOutcomeUnknown(error)
+    } else {
+        StoreError::Database(error)
+    }
+}
+
+/// Why the database cannot do what was asked just now, when the cause is the database's
+/// condition and not the request: the same request may succeed once it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// The server cannot be reached, is shutting down or starting up, no connection came
+    /// free within `database.acquire_timeout_ms`, or (SQLite) another process holds the
+    /// file's lock.
+    Unreachable,
+    /// The database cannot write to its storage: the disk is full or failing.
+    Storage,
+}
+
+/// Classifies `error`: `Some` when the database is unavailable, `None` when the error is
+/// about the request or a bug (those stay 500s and are logged as such).
+pub fn unavailable(error: &sqlx::Error) -> Option<Unavailable> {
+    const NO_SPACE_LEFT_ON_DEVICE: i32 = 28;
+    match error {
+        sqlx::Error::Io(io) if io.raw_os_error() == Some(NO_SPACE_LEFT_ON_DEVICE) => {
+            Some(Unavailable::Storage)
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Some(Unavailable::Unreachable),
+        sqlx::Error::Database(database_error) => {
+            if let Some(postgres) =
+                database_error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            {
+                return postgres_unavailable(postgres.code());
+            }
+            if database_error
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some()
+            {
+                return sqlite_unavailable(database_error.code().as_deref());
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// PostgreSQL's SQLSTATEs for a server that is going away, coming back or out of room
+/// (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+fn postgres_unavailable(sqlstate: &str) -> Option<Unavailable> {
+    const CONNECTION_EXCEPTION_CLASS: &str = "08";
+    const ADMIN_SHUTDOWN: &str = "57P01";
+    const CRASH_SHUTDOWN: &str = "57P02";
+    const CANNOT_CONNECT_NOW: &str = "57P03";
+    const TOO_MANY_CONNECTIONS: &str = "53300";
+    const DISK_FULL: &str = "53100";
+    const OUT_OF_MEMORY: &str = "53200";
+    const IO_ERROR: &str = "58030";
+    match sqlstate {
+        ADMIN_SHUTDOWN | CRASH_SHUTDOWN | CANNOT_CONNECT_NOW | TOO_MANY_CONNECTIONS => {
+            Some(Unavailable::Unreachable)
+        }
+        DISK_FULL | OUT_OF_MEMORY | IO_ERROR => Some(Unavailable::Storage),
+        _ if sqlstate.starts_with(CONNECTION_EXCEPTION_CLASS) => Some(Unavailable::Unreachable),
+        _ => None,
+    }
+}
+
+/// SQLite's primary result codes (the low byte of the extended code sqlx reports) for a
+/// file that cannot be written or is held by another process
+/// (https://www.sqlite.org/rescode.html). Corruption is deliberately not among them.
+fn sqlite_unavailable(extended_code: Option<&str>) -> Option<Unavailable> {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    const SQLITE_NOMEM: i32 = 7;
+    const SQLITE_READONLY: i32 = 8;
+    const SQLITE_IOERR: i32 = 10;
+    const SQLITE_FULL: i32 = 13;
+    const SQLITE_CANTOPEN: i32 = 14;
+    const SQLITE_PROTOCOL: i32 = 15;
+    let primary = extended_code?.parse::<i32>().ok()? & 0xff;
+    match primary {
+        SQLITE_BUSY | SQLITE_LOCKED | SQLITE_CANTOPEN | SQLITE_PROTOCOL => {
+            Some(Unavailable::Unreachable)
+        }
+        SQLITE_NOMEM | SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL => Some(Unavailable::Storage),
+        _ => None,
+    }
+}
+
 /// True when the error is a unique-constraint violation, on either database.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     match error {
@@ -328,5 +438,91 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
             database_error.kind() == sqlx::error::ErrorKind::UniqueViolation
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::*;
+    use sqlx::any::AnyPoolOptions;
+
+    #[tokio::test]
+    async fn sqlite_out_of_room_is_storage_and_a_constraint_is_not_unavailability() {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE blobs (n BIGINT PRIMARY KEY, b TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO blobs (n, b) VALUES (1, 'x')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        // No page beyond those the database has: the next page it needs is SQLITE_FULL, as
+        // on a full disk.
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let full = sqlx::query("INSERT INTO blobs (n, b) VALUES (2, $1)")
+            .bind("x".repeat(100_000))
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert_eq!(unavailable(&full), Some(Unavailable::Storage), "{full}");
+        assert!(matches!(commit_error(full), StoreError::Database(_)));
+        let duplicate = sqlx::query("INSERT INTO blobs (n, b) VALUES (1, 'y')")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert_eq!(unavailable(&duplicate), None, "{duplicate}");
+    }
+
+    #[test]
+    fn postgres_going_away_is_unreachable_and_its_full_disk_is_storage() {
+        for sqlstate in ["57P01", "57P02", "57P03", "53300", "08006", "08001"] {
+            assert_eq!(
+                postgres_unavailable(sqlstate),
+                Some(Unavailable::Unreachable),
+                "{sqlstate}"
+            );
+        }
+        assert_eq!(postgres_unavailable("53100"), Some(Unavailable::Storage));
+        for sqlstate in ["23505", "22021", "40P01", "XX000"] {
+            assert_eq!(postgres_unavailable(sqlstate), None, "{sqlstate}");
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_during_a_commit_leaves_its_outcome_unknown() {
+        let lost = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(matches!(
+            commit_error(lost),
+            StoreError::CommitOutcomeUnknown(_)
+        ));
+    }
+
+    #[test]
+    fn sqlite_extended_codes_are_read_by_their_primary_code() {
+        const SQLITE_IOERR_WRITE: &str = "778";
+        const SQLITE_BUSY_SNAPSHOT: &str = "517";
+        const SQLITE_CORRUPT: &str = "11";
+        assert_eq!(
+            sqlite_unavailable(Some(SQLITE_IOERR_WRITE)),
+            Some(Unavailable::Storage)
+        );
+        assert_eq!(
+            sqlite_unavailable(Some(SQLITE_BUSY_SNAPSHOT)),
+            Some(Unavailable::Unreachable)
+        );
+        assert_eq!(sqlite_unavailable(Some(SQLITE_CORRUPT)), None);
     }
 }

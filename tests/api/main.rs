@@ -14,6 +14,7 @@ mod crashes;
 mod durability;
 mod email;
 mod expiry;
+mod faults;
 mod idempotency;
 mod openapi;
 mod operations;
