@@ -91,10 +91,14 @@ impl Currency {
                 self.code()
             )));
         }
-        let minor = value * Decimal::from(10_i64.pow(self.exponent));
-        minor.trunc().to_string().parse::<i64>().map_err(|_| {
-            MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code()))
-        })
+        // Checked: with a maximum configured near Decimal's own, the product can overflow,
+        // and then the amount is past anything minor units hold.
+        value
+            .checked_mul(Decimal::from(10_i64.pow(self.exponent)))
+            .and_then(|minor| minor.trunc().to_string().parse::<i64>().ok())
+            .ok_or_else(|| {
+                MoneyError::OverMaximum(format!("{} {}", max_major.normalize(), self.code()))
+            })
     }
 
     /// Formats minor units as the decimal string the API shows: always `exponent` decimals.
@@ -269,6 +273,25 @@ mod fuzz_tests {
             Ok(minor),
             "{shown}"
         );
+    }
+
+    /// Found by `amounts_parse_without_panic_and_never_round`: with `limits.max_amount` near
+    /// Decimal's largest value (the configuration takes any positive amount), a 29-digit
+    /// amount overflowed the conversion to minor units and panicked.
+    #[test]
+    fn an_amount_too_large_for_minor_units_is_refused_not_a_panic() {
+        let eur = Currency::parse("EUR").expect("EUR");
+        let max_major = Decimal::from_i128_with_scale(i128::from(u32::MAX) << 64, 0);
+        // The input it found, as its shaped bytes spell it: 29 digits.
+        let amount = "22222000000000000000000000099";
+        assert!(matches!(
+            eur.parse_amount(amount, max_major),
+            Err(MoneyError::OverMaximum(_))
+        ));
+        assert!(matches!(
+            eur.parse_amount("79228162514264337593543950335", Decimal::MAX),
+            Err(MoneyError::OverMaximum(_))
+        ));
     }
 
     #[test]
