@@ -267,12 +267,21 @@ impl ChannelSettings {
 impl Settings {
     /// Loads the layered configuration: built-in defaults, `file`, then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_layers(file.map(|file| config::File::from(file).required(true)))
+    }
+
+    /// `load` with the operator's file as any source, so that the fuzz target can hand it
+    /// over from memory.
+    fn load_layers<S>(file: Option<S>) -> Result<Settings, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
         if let Some(file) = file {
-            builder = builder.add_source(config::File::from(file).required(true));
+            builder = builder.add_source(file);
         }
         builder = builder.add_source(
             config::Environment::with_prefix("PAYSTEP")
@@ -508,6 +517,227 @@ impl Settings {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    /// The channels' sections with values that pass, so that overrides reach their checks.
+    const CHANNEL_SECTIONS: &[(&str, &[(&str, &str)])] = &[
+        ("channels.sms", &[("source_addr", "\"12345\"")]),
+        (
+            "channels.sms.smsc",
+            &[
+                ("name", "\"a\""),
+                ("host", "\"127.0.0.1\""),
+                ("port", "2775"),
+                ("system_id", "\"paystep\""),
+                ("password", "\"secret\""),
+                ("bind", "\"transceiver\""),
+                ("window", "10"),
+                ("throughput_per_s", "50"),
+                ("response_timeout_ms", "5000"),
+                ("reconnect_backoff_min_ms", "100"),
+                ("reconnect_backoff_max_ms", "1000"),
+            ],
+        ),
+        (
+            "channels.email",
+            &[
+                ("host", "\"localhost\""),
+                ("port", "587"),
+                ("tls", "\"starttls\""),
+                ("from", "\"paystep <pay@example.com>\""),
+                ("pool_size", "4"),
+                ("timeout_ms", "10000"),
+            ],
+        ),
+        (
+            "channels.wap_push",
+            &[
+                ("ppg_url", "\"http://127.0.0.1:8080/wappush\""),
+                ("timeout_ms", "10000"),
+                ("fallback_after_s", "60"),
+                (
+                    "notify_url",
+                    "\"http://127.0.0.1/peers/wap_push/0123456789abcdef0123456789abcdef\"",
+                ),
+            ],
+        ),
+        (
+            "channels.voice",
+            &[
+                ("dialect", "\"twiml\""),
+                ("api_url", "\"https://api.example\""),
+                ("account_sid", "\"AC123\""),
+                ("auth_token", "\"token\""),
+                ("from", "\"+4930123456\""),
+                ("busy_retries", "2"),
+            ],
+        ),
+        (
+            "channels.voice.voice_id",
+            &[("url", "\"https://id.example\"")],
+        ),
+    ];
+
+    /// Every section and key: those of `config/default.toml` with their default values,
+    /// then the channels' above.
+    fn sections() -> Vec<(String, Vec<(String, String)>)> {
+        let mut sections: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if let Some(section) = line
+                .strip_prefix('[')
+                .and_then(|line| line.strip_suffix(']'))
+            {
+                sections.push((section.to_string(), Vec::new()));
+            } else if let (Some((key, value)), Some((_, keys))) =
+                (line.split_once(" = "), sections.last_mut())
+            {
+                if !key.starts_with('#') {
+                    let value = value.split(" #").next().unwrap_or(value).trim();
+                    keys.push((key.trim().to_string(), value.to_string()));
+                }
+            }
+        }
+        for (section, keys) in CHANNEL_SECTIONS {
+            let keys = keys
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
+            sections.push((section.to_string(), keys));
+        }
+        sections
+    }
+
+    /// A TOML basic string.
+    fn quoted(text: &str) -> String {
+        let mut quoted = String::from("\"");
+        for character in text.chars() {
+            match character {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                character if character.is_control() => {
+                    quoted.push_str(&format!("\\u{:04X}", u32::from(character)))
+                }
+                character => quoted.push(character),
+            }
+        }
+        quoted.push('"');
+        quoted
+    }
+
+    /// One key set to a value of some shape, often the wrong one.
+    #[derive(Debug, bolero::TypeGenerator)]
+    struct Override {
+        section: u8,
+        key: u8,
+        shape: u8,
+        number: i64,
+        text: String,
+    }
+
+    impl Override {
+        fn value(&self, default: &str) -> String {
+            match self.shape % 10 {
+                0 => self.number.to_string(),
+                1 => (self.number % 1_000).to_string(),
+                2 => quoted(&self.text),
+                3 => (self.number % 2 == 0).to_string(),
+                4 => format!("{:?}", self.number as f64 / 7.0),
+                5 => quoted(&format!(
+                    "{}.{:02}",
+                    self.number,
+                    self.number.rem_euclid(100)
+                )),
+                6 => format!("[{}]", quoted(&self.text)),
+                7 => u64::MAX.to_string(),
+                8 => format!("{{ {} = 1 }}", quoted(&self.text)),
+                _ => default.to_string(),
+            }
+        }
+    }
+
+    /// A configuration file: the chosen channels' sections, then the overrides (a key that
+    /// is in no section is an unknown key).
+    fn document(channels: u8, overrides: &[Override]) -> String {
+        let mut sections = sections();
+        let defaults = sections.len() - CHANNEL_SECTIONS.len();
+        for (index, (_, keys)) in sections.iter_mut().enumerate() {
+            let left_out = index >= defaults && channels & (1 << (index - defaults)) == 0;
+            if left_out {
+                keys.clear();
+            }
+        }
+        for change in overrides {
+            let section = usize::from(change.section) % sections.len();
+            let (_, keys) = &mut sections[section];
+            let index = usize::from(change.key) % (keys.len() + 1);
+            match keys.get_mut(index) {
+                Some((_, value)) => *value = change.value(value),
+                None => keys.push(("unknown_key".into(), change.value("1"))),
+            }
+        }
+        let mut document = String::new();
+        for (section, keys) in sections.iter().filter(|(_, keys)| !keys.is_empty()) {
+            // The SMSCs are an array of tables.
+            if section == "channels.sms.smsc" {
+                document.push_str(&format!("[[{section}]]\n"));
+            } else {
+                document.push_str(&format!("[{section}]\n"));
+            }
+            for (key, value) in keys {
+                document.push_str(&format!("{key} = {value}\n"));
+            }
+        }
+        document
+    }
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::load_layers(Some(config::File::from_str(text, config::FileFormat::Toml)))
+    }
+
+    /// Loaded settings are valid; a refusal says what is wrong, and where.
+    fn check(text: &str) {
+        match load(text) {
+            Ok(settings) => assert!(settings.validate().is_ok()),
+            Err(ConfigError::Source(error)) => assert!(!error.to_string().is_empty()),
+            Err(ConfigError::Key { message, .. }) => assert!(!message.is_empty(), "{text}"),
+            Err(ConfigError::Invalid(problems)) => {
+                assert!(!problems.is_empty());
+                for problem in problems {
+                    assert!(
+                        problem.starts_with('`') && problem.contains("`: "),
+                        "{problem}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn any_configuration_file_loads_or_is_refused_with_a_reason() {
+        bolero::check!()
+            .with_type::<(String, u8, Vec<Override>)>()
+            .with_iterations(300)
+            .for_each(|(raw, channels, overrides)| {
+                check(raw);
+                check(&document(*channels, overrides));
+            });
+    }
+
+    #[test]
+    fn the_defaults_and_every_channel_section_load() {
+        // The documents the fuzz target starts from are valid, so that its overrides are
+        // what makes a document fail.
+        for channels in [0, 0b011111, 0b110000] {
+            let settings = load(&document(channels, &[]));
+            assert!(settings.is_ok(), "{channels:#b}: {:?}", settings.err());
         }
     }
 }

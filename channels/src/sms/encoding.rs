@@ -451,3 +451,158 @@ mod tests {
         assert_eq!(decode_text(0xF0, &[0x41]), "A");
     }
 }
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    /// Every character of the GSM default alphabet and its extension table.
+    fn gsm_alphabet() -> Vec<char> {
+        GSM_BASIC
+            .iter()
+            .copied()
+            .filter(|&character| character != '\u{1B}')
+            .chain(GSM_EXTENSION.iter().map(|&(_, character)| character))
+            .collect()
+    }
+
+    /// A text of GSM characters chosen by `choices`, or, when `outside` says so, with
+    /// characters only UCS-2 carries (one in the BMP, one outside it) mixed in.
+    fn text_from(choices: &[u8], outside: bool) -> String {
+        let alphabet = gsm_alphabet();
+        choices
+            .iter()
+            .map(|&choice| match choice {
+                250 if outside => '✓',
+                251 if outside => '😀',
+                _ => alphabet[usize::from(choice) % alphabet.len()],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn received_octets_decode_in_every_data_coding_without_growing() {
+        bolero::check!()
+            .with_type::<(u8, u8, Vec<u8>)>()
+            .with_iterations(3_000)
+            .for_each(|(data_coding, esm_class, octets)| {
+                let stripped = strip_udh(octets, *esm_class);
+                assert!(octets.ends_with(stripped));
+                let text = decode_text(*data_coding, stripped);
+                // No decoding makes more characters than there are octets.
+                assert!(text.chars().count() <= stripped.len(), "{text:?}");
+            });
+    }
+
+    #[test]
+    fn gsm_texts_round_trip_through_septets() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, String)>()
+            .with_iterations(3_000)
+            .for_each(|(choices, raw)| {
+                let text = text_from(choices, false);
+                let septets = gsm_encode(&text).expect("every character is in the alphabet");
+                assert!(septets.iter().all(|&septet| septet < 0x80));
+                assert_eq!(gsm_decode(&septets), text);
+                // Any text: encodable exactly when every character is in the alphabet, and
+                // then it decodes back unchanged.
+                let alphabet = gsm_alphabet();
+                match gsm_encode(raw) {
+                    Some(septets) => assert_eq!(&gsm_decode(&septets), raw),
+                    None => assert!(raw.chars().any(|character| !alphabet.contains(&character))),
+                }
+            });
+    }
+
+    /// The text a segment's payload carries on its own.
+    fn decode_part(data_coding: u8, payload: &[u8]) -> String {
+        match data_coding {
+            DATA_CODING_GSM => gsm_decode(payload),
+            _ => ucs2_decode(payload),
+        }
+    }
+
+    fn check_segments(text: &str, reference: u8) {
+        let segmented = match segment(text, reference) {
+            Ok(segmented) => segmented,
+            Err(SegmentError::Empty) => return assert!(text.is_empty()),
+            Err(SegmentError::TooLong { parts }) => {
+                assert!(parts > PARTS_MAX);
+                // A part is short of full only by a character that did not fit whole.
+                match gsm_encode(text) {
+                    Some(septets) => {
+                        assert!(septets.len() > (GSM_PART_SEPTETS_MAX - 1) * PARTS_MAX)
+                    }
+                    None => {
+                        assert!(text.encode_utf16().count() > (UCS2_PART_UNITS_MAX - 1) * PARTS_MAX)
+                    }
+                }
+                return;
+            }
+        };
+        assert!(!text.is_empty());
+        let gsm = gsm_encode(text).is_some();
+        let expected_coding = if gsm {
+            DATA_CODING_GSM
+        } else {
+            DATA_CODING_UCS2
+        };
+        assert_eq!(segmented.data_coding, expected_coding);
+        let parts = &segmented.segments;
+        assert!((1..=PARTS_MAX).contains(&parts.len()));
+        if let [single] = parts.as_slice() {
+            assert_eq!(single.esm_class, ESM_CLASS_PLAIN);
+            let limit = if gsm {
+                GSM_SINGLE_SEPTETS_MAX
+            } else {
+                2 * UCS2_SINGLE_UNITS_MAX
+            };
+            assert!(single.short_message.len() <= limit);
+            assert_eq!(
+                decode_part(segmented.data_coding, &single.short_message),
+                text
+            );
+            return;
+        }
+        let mut joined = String::new();
+        for (index, part) in parts.iter().enumerate() {
+            assert_eq!(part.esm_class, ESM_CLASS_UDHI);
+            let header = [
+                0x05,
+                0x00,
+                0x03,
+                reference,
+                parts.len() as u8,
+                index as u8 + 1,
+            ];
+            assert_eq!(part.short_message[..6], header);
+            let payload = &part.short_message[6..];
+            assert!(!payload.is_empty());
+            let limit = if gsm {
+                GSM_PART_SEPTETS_MAX
+            } else {
+                2 * UCS2_PART_UNITS_MAX
+            };
+            assert!(payload.len() <= limit, "{} octets", payload.len());
+            // Each part decodes on its own to its share of the text: no escape sequence
+            // and no surrogate pair is cut in two.
+            joined.push_str(&decode_part(segmented.data_coding, payload));
+        }
+        assert_eq!(joined, text);
+    }
+
+    #[test]
+    fn texts_split_into_parts_that_each_decode_to_their_share_of_the_text() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, bool, String, u8, u8)>()
+            .with_iterations(1_000)
+            .for_each(|(choices, outside, raw, reference, repeat)| {
+                check_segments(raw, *reference);
+                // Repeated, so that texts of several parts and too many parts come up.
+                let text = text_from(choices, *outside).repeat(usize::from(*repeat % 24) + 1);
+                check_segments(&text, *reference);
+            });
+    }
+}

@@ -253,3 +253,169 @@ mod tests {
         }
     }
 }
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    /// What replies are made of, so that random inputs reach every arm of the grammar and
+    /// not only `Unrecognized`: keywords in any case, codes, PINs, amounts, punctuation and
+    /// characters whose case or width is tricky.
+    const WORDS: &[&str] = &[
+        "YES",
+        "yes",
+        "Ok",
+        "JA",
+        "NO",
+        "nein",
+        "PAY",
+        "pay",
+        "BAL",
+        "bal",
+        "123456",
+        "000000",
+        "4711",
+        "12345678",
+        "123456789",
+        "20",
+        "20,50",
+        "7.5",
+        "1.2.3",
+        ".5",
+        "5.",
+        ",",
+        ".",
+        "!",
+        "?",
+        ";",
+        ":",
+        "!!",
+        "İ",
+        "ß",
+        "€",
+        "\u{0}",
+        "\u{85}",
+        "\u{200B}",
+        "١٢٣٤٥٦",
+    ];
+    const SEPARATORS: &[&str] = &[" ", "  ", "\t", "\n", "\u{3000}", ""];
+
+    /// A reply from (word, separator) choices.
+    pub(crate) fn reply(tokens: &[(u8, u8)]) -> String {
+        tokens
+            .iter()
+            .map(|&(word, separator)| {
+                let word = WORDS[usize::from(word) % WORDS.len()];
+                let separator = SEPARATORS[usize::from(separator) % SEPARATORS.len()];
+                format!("{word}{separator}")
+            })
+            .collect()
+    }
+
+    fn digits(text: &str, lengths: std::ops::RangeInclusive<usize>) -> bool {
+        lengths.contains(&text.len()) && text.bytes().all(|byte| byte.is_ascii_digit())
+    }
+
+    /// The message with an `Unrecognized` text left out: that text is the reply as typed,
+    /// so it keeps the case it was typed in.
+    fn without_text(message: InboundMessage) -> InboundMessage {
+        match message {
+            InboundMessage::Unrecognized { channel, from, .. } => InboundMessage::Unrecognized {
+                channel,
+                from,
+                text: String::new(),
+            },
+            other => other,
+        }
+    }
+
+    fn check(from: &str, text: &str) {
+        let message = parse(from, text);
+        let sender = match &message {
+            InboundMessage::Approve {
+                channel,
+                from,
+                code,
+                pin,
+            } => {
+                assert_eq!(*channel, ChannelName::Sms);
+                assert!(code.as_deref().is_none_or(is_code), "{message:?}");
+                assert!(pin.as_deref().is_none_or(is_pin), "{message:?}");
+                from
+            }
+            InboundMessage::Decline {
+                channel,
+                from,
+                code,
+            } => {
+                assert_eq!(*channel, ChannelName::Sms);
+                assert!(code.as_deref().is_none_or(is_code), "{message:?}");
+                from
+            }
+            InboundMessage::Pay {
+                channel,
+                from,
+                code,
+                amount,
+                pin,
+            } => {
+                assert_eq!(*channel, ChannelName::Sms);
+                assert!(digits(code, CODE_DIGITS..=CODE_DIGITS), "{message:?}");
+                if let Some(amount) = amount {
+                    // What the core's amount parser takes: digits and at most one point
+                    // between them, nothing else.
+                    let (whole, fraction) = amount.split_once('.').unwrap_or((amount, "0"));
+                    assert!(
+                        digits(whole, 1..=REPLY_LENGTH_MAX)
+                            && digits(fraction, 1..=REPLY_LENGTH_MAX),
+                        "{message:?}"
+                    );
+                }
+                assert!(pin.as_deref().is_none_or(is_pin), "{message:?}");
+                from
+            }
+            InboundMessage::Balance { channel, from } => {
+                assert_eq!(*channel, ChannelName::Sms);
+                from
+            }
+            InboundMessage::Unrecognized {
+                channel,
+                from,
+                text: kept,
+            } => {
+                assert_eq!(*channel, ChannelName::Sms);
+                // Bounded: what is kept of an unread reply is its first 160 characters.
+                let expected: String = text.chars().take(REPLY_LENGTH_MAX).collect();
+                assert_eq!(kept, &expected);
+                from
+            }
+            InboundMessage::DeliveryReceipt { .. } => {
+                panic!("a reply text became a delivery receipt: {message:?}")
+            }
+        };
+        assert_eq!(sender, from);
+        // Keywords are case-insensitive: the same reply in other case means the same.
+        let message = without_text(message);
+        assert_eq!(
+            without_text(parse(from, &text.to_ascii_lowercase())),
+            message
+        );
+        assert_eq!(
+            without_text(parse(from, &text.to_ascii_uppercase())),
+            message
+        );
+    }
+
+    #[test]
+    fn any_reply_text_parses_to_a_well_formed_message() {
+        bolero::check!()
+            .with_type::<(String, String, Vec<(u8, u8)>)>()
+            .with_iterations(3_000)
+            .for_each(|(from, raw, tokens)| {
+                check(from, raw);
+                check(from, &reply(tokens));
+            });
+    }
+}

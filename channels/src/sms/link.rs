@@ -50,7 +50,7 @@ const INBOUND_IN_FLIGHT_MAX: usize = 32;
 /// it again later.
 const INBOUND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest PDU accepted from an SMSC (a deliver_sm with a long message_payload fits).
-const COMMAND_LENGTH_MAX: usize = 4096;
+pub(super) const COMMAND_LENGTH_MAX: usize = 4096;
 
 /// Why one submit failed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -428,3 +428,197 @@ mod tests {
         assert_eq!(form_encode("+49 30/x?a=b&c"), "%2B49+30%2Fx%3Fa%3Db%26c");
     }
 }
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use std::panic::AssertUnwindSafe;
+
+    use quick_xml::events::Event;
+    use quick_xml::Reader;
+
+    use super::*;
+
+    const AUTH_TOKEN: &str = "fuzz-auth-token";
+
+    fn channel(dialect: Dialect) -> VoiceChannel {
+        let settings = VoiceSettings {
+            dialect,
+            api_url: Some("https://api.example".into()),
+            account_sid: Some("AC123".into()),
+            auth_token: Some(AUTH_TOKEN.into()),
+            originate_url: Some("https://vxml.example/originate".into()),
+            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            incoming_token: None,
+            from: "+4930123456".into(),
+            timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            busy_retries: 2,
+            busy_retry_delay_s: 120,
+            voice_id: None,
+        };
+        VoiceChannel::new(&settings, "https://pay.example").expect("valid settings")
+    }
+
+    fn authenticated(
+        channel: &VoiceChannel,
+        url: &str,
+        fields: &[(String, String)],
+        signature: Option<&str>,
+    ) -> bool {
+        channel.authenticate_call_request(&CallRequest {
+            url,
+            fields,
+            signature,
+        })
+    }
+
+    #[test]
+    fn platform_requests_pass_exactly_when_signed_with_the_auth_token() {
+        // Built once: a channel holds an HTTP client, which is slow to make.
+        let channels = AssertUnwindSafe((channel(Dialect::Twiml), channel(Dialect::Voicexml)));
+        bolero::check!()
+            .with_type::<(String, Vec<(String, String)>, String, String)>()
+            .with_iterations(2_000)
+            .for_each(|(url, fields, forged, other_token)| {
+                let (twiml, voicexml) = &*channels;
+                let signature = twilio_signature(AUTH_TOKEN, url, fields);
+                assert_eq!(signature.len(), 28, "base64 of a SHA-1 HMAC");
+                assert!(authenticated(twiml, url, fields, Some(&signature)));
+                // The platform may post its fields in any order.
+                let reversed: Vec<(String, String)> = fields.iter().rev().cloned().collect();
+                assert!(authenticated(twiml, url, &reversed, Some(&signature)));
+                assert!(!authenticated(twiml, url, fields, None));
+                if *forged != signature {
+                    assert!(!authenticated(twiml, url, fields, Some(forged)));
+                }
+                let guessed = twilio_signature(other_token, url, fields);
+                if other_token != AUTH_TOKEN {
+                    assert!(!authenticated(twiml, url, fields, Some(&guessed)));
+                }
+                // VoiceXML platforms sign nothing: their URLs' tokens are checked instead.
+                assert!(!authenticated(voicexml, url, fields, Some(&signature)));
+            });
+    }
+
+    /// A call step's texts and URLs, and which step it is.
+    #[derive(Debug, bolero::TypeGenerator)]
+    struct Step {
+        kind: u8,
+        text: String,
+        language: String,
+        url: String,
+        one_key: bool,
+        no_input: String,
+        max_length_s: u32,
+    }
+
+    impl Step {
+        fn call_step(&self) -> CallStep {
+            match self.kind % 3 {
+                0 => CallStep::Ask {
+                    text: self.text.clone(),
+                    language: self.language.clone(),
+                    answer_url: self.url.clone(),
+                    one_key: self.one_key,
+                    no_input: self.no_input.clone(),
+                },
+                1 => CallStep::Record {
+                    text: self.text.clone(),
+                    language: self.language.clone(),
+                    recording_url: self.url.clone(),
+                    max_length_s: self.max_length_s,
+                },
+                _ => CallStep::End {
+                    text: self.text.clone(),
+                    language: self.language.clone(),
+                },
+            }
+        }
+    }
+
+    /// What a platform reads in `document`: the root's name, every text (references
+    /// resolved) and every attribute value; panics where the document is not well-formed.
+    fn read(document: &[u8]) -> (String, Vec<String>, Vec<String>) {
+        let mut reader = Reader::from_reader(document);
+        let (mut root, mut texts, mut values) = (None::<Vec<u8>>, Vec::new(), Vec::new());
+        let mut open: Vec<Vec<u8>> = Vec::new();
+        // Text comes in pieces between references (`&amp;`); this joins them.
+        let mut text: Option<String> = None;
+        let mut buffer = Vec::new();
+        loop {
+            let event = reader
+                .read_event_into(&mut buffer)
+                .expect("well-formed XML");
+            match &event {
+                Event::Text(piece) => text
+                    .get_or_insert_default()
+                    .push_str(&piece.decode().expect("UTF-8")),
+                Event::GeneralRef(reference) => {
+                    let name = reference.decode().expect("UTF-8");
+                    let resolved = match reference.resolve_char_ref().expect("a character") {
+                        Some(character) => character.to_string(),
+                        None => quick_xml::escape::resolve_predefined_entity(&name)
+                            .expect("a predefined entity")
+                            .to_string(),
+                    };
+                    text.get_or_insert_default().push_str(&resolved);
+                }
+                _ => texts.extend(text.take()),
+            }
+            match &event {
+                Event::Start(element) | Event::Empty(element) => {
+                    let name = element.name().as_ref().to_vec();
+                    // One root, and everything else inside it.
+                    assert!(root.is_none() || !open.is_empty(), "a second root");
+                    root.get_or_insert_with(|| name.clone());
+                    for attribute in element.attributes() {
+                        let attribute = attribute.expect("well-formed attribute");
+                        values.push(attribute.unescape_value().expect("escaped").into_owned());
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        open.push(name);
+                    }
+                }
+                Event::End(element) => {
+                    assert_eq!(open.pop().as_deref(), Some(element.name().as_ref()));
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+            buffer.clear();
+        }
+        assert!(open.is_empty(), "unclosed elements");
+        let root = String::from_utf8(root.expect("a root element")).expect("UTF-8");
+        (root, texts, values)
+    }
+
+    #[test]
+    fn call_steps_render_as_documents_that_say_what_the_step_says() {
+        bolero::check!()
+            .with_type::<Step>()
+            .with_iterations(2_000)
+            .for_each(|step| {
+                let call_step = step.call_step();
+                for (root, document) in [
+                    ("Response", twiml::render(&call_step)),
+                    ("vxml", voicexml::render(&call_step)),
+                ] {
+                    let document = document.expect("rendered in memory");
+                    let (read_root, texts, values) = read(&document);
+                    assert_eq!(read_root, root);
+                    assert!(
+                        texts.contains(&step.text) || step.text.is_empty(),
+                        "{texts:?}"
+                    );
+                    let ends = matches!(call_step, CallStep::End { .. });
+                    let spoken_only =
+                        root == "vxml" && matches!(call_step, CallStep::Record { .. });
+                    if !ends && !spoken_only {
+                        assert!(values.contains(&step.url), "{values:?}");
+                    }
+                }
+            });
+    }
+}

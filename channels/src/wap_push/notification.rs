@@ -186,3 +186,154 @@ mod tests {
         ));
     }
 }
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    const STATES: &[&str] = &[
+        "delivered",
+        "Undeliverable",
+        "expired",
+        "rejected",
+        "aborted",
+        "timeout",
+        "cancelled",
+        "pending",
+        "unknown",
+    ];
+
+    /// A result notification written with a real XML writer.
+    #[derive(Debug, bolero::TypeGenerator)]
+    struct Notification {
+        push_id: Option<String>,
+        state: u8,
+        code: Option<u16>,
+        desc: Option<String>,
+        address: Option<String>,
+    }
+
+    impl Notification {
+        fn document(&self) -> Vec<u8> {
+            let mut writer = Writer::new(Vec::new());
+            let state = STATES[usize::from(self.state) % STATES.len()];
+            let code = self.code.map(|code| code.to_string());
+            let result = writer.create_element("pap").write_inner_content(|writer| {
+                let mut element = writer
+                    .create_element("resultnotification-message")
+                    .with_attribute(("message-state", state));
+                if let Some(push_id) = &self.push_id {
+                    element = element.with_attribute(("push-id", push_id.as_str()));
+                }
+                if let Some(code) = &code {
+                    element = element.with_attribute(("code", code.as_str()));
+                }
+                if let Some(desc) = &self.desc {
+                    element = element.with_attribute(("desc", desc.as_str()));
+                }
+                element.write_inner_content(|writer| {
+                    if let Some(address) = &self.address {
+                        writer
+                            .create_element("address")
+                            .with_attribute(("address-value", address.as_str()))
+                            .write_empty()?;
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            });
+            result.expect("writing to memory cannot fail");
+            writer.into_inner()
+        }
+    }
+
+    fn kept(value: &str) -> String {
+        value.trim().chars().take(FIELD_LENGTH_MAX).collect()
+    }
+
+    /// The push-id of the `resultnotification-response` in `answer`.
+    fn answered_push_id(answer: &[u8]) -> Option<String> {
+        let mut reader = Reader::from_reader(answer);
+        let mut buffer = Vec::new();
+        loop {
+            match reader.read_event_into(&mut buffer).ok()? {
+                Event::Start(element) | Event::Empty(element)
+                    if element.name().as_ref() == b"resultnotification-response" =>
+                {
+                    let value = element.try_get_attribute("push-id").ok()??;
+                    return Some(value.unescape_value().ok()?.into_owned());
+                }
+                Event::Eof => return None,
+                _ => buffer.clear(),
+            }
+        }
+    }
+
+    fn check(body: &str) -> Option<ResultNotification> {
+        let notification = parse_result_notification(body).ok()?;
+        assert!(!notification.push_id.is_empty());
+        for field in [
+            Some(&notification.push_id),
+            Some(&notification.message_state),
+            notification.description.as_ref(),
+            notification.address.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(field.chars().count() <= FIELD_LENGTH_MAX, "{field:?}");
+        }
+        assert!(!notification
+            .message_state
+            .bytes()
+            .any(|byte| byte.is_ascii_uppercase()));
+        // The PPG gets its push-id back, whatever it holds.
+        let answer = notification_response(&notification, 1000, "OK").expect("in memory");
+        assert_eq!(
+            answered_push_id(&answer).as_ref(),
+            Some(&notification.push_id)
+        );
+        match notification.clone().into_inbound() {
+            InboundMessage::DeliveryReceipt {
+                channel,
+                remote_id,
+                state,
+                error,
+            } => {
+                assert_eq!(channel, ChannelName::WapPush);
+                assert_eq!(remote_id, notification.push_id);
+                assert_eq!(state, notification.message_state.to_ascii_uppercase());
+                assert!(error.is_none() || notification.failed());
+            }
+            other => panic!("a notification became {other:?}"),
+        }
+        Some(notification)
+    }
+
+    #[test]
+    fn any_result_notification_is_read_without_panic_and_answered_with_its_push_id() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, Notification)>()
+            .with_iterations(3_000)
+            .for_each(|(octets, written)| {
+                // The channel reads the request body as lossy UTF-8 (`receive_from_peer`).
+                check(&String::from_utf8_lossy(octets));
+                let document = String::from_utf8(written.document()).expect("written as UTF-8");
+                let read = check(&document);
+                let push_id = written.push_id.as_deref().map(kept).unwrap_or_default();
+                if push_id.is_empty() {
+                    assert_eq!(read, None, "{document}");
+                    return;
+                }
+                let read = read.unwrap_or_else(|| panic!("not read: {document}"));
+                let state = STATES[usize::from(written.state) % STATES.len()];
+                assert_eq!(read.push_id, push_id);
+                assert_eq!(read.message_state, state.to_ascii_lowercase());
+                assert_eq!(read.code, written.code);
+                assert_eq!(read.description, written.desc.as_deref().map(kept));
+                assert_eq!(read.address, written.address.as_deref().map(kept));
+            });
+    }
+}

@@ -281,3 +281,81 @@ mod tests {
         }
     }
 }
+
+/// Fuzz targets (bolero): under `cargo test` each runs a bounded number of random inputs;
+/// `scripts/fuzz.sh` runs them coverage-guided for as long as asked.
+#[cfg(test)]
+mod fuzz_tests {
+    use super::*;
+
+    /// A PPG's answer written with a real XML writer, so that its attributes arrive escaped
+    /// as a PPG would send them.
+    #[derive(Debug, bolero::TypeGenerator)]
+    struct Answer {
+        /// 0: push-response, 1: badmessage-response, else some other element.
+        kind: u8,
+        code: Option<u16>,
+        code_text: String,
+        desc: Option<String>,
+    }
+
+    impl Answer {
+        fn code(&self) -> String {
+            match self.code {
+                Some(code) => format!(" {code} "),
+                None => self.code_text.clone(),
+            }
+        }
+
+        fn document(&self) -> Vec<u8> {
+            let code = self.code();
+            let mut writer = Writer::new(Vec::new());
+            let result = writer.create_element("pap").write_inner_content(|writer| {
+                let name = match self.kind % 3 {
+                    0 => "response-result",
+                    1 => "badmessage-response",
+                    _ => "push-message",
+                };
+                let mut element = writer
+                    .create_element(name)
+                    .with_attribute(("code", code.as_str()));
+                if let Some(desc) = &self.desc {
+                    element = element.with_attribute(("desc", desc.as_str()));
+                }
+                element.write_empty()?;
+                Ok(())
+            });
+            result.expect("writing to memory cannot fail");
+            writer.into_inner()
+        }
+    }
+
+    #[test]
+    fn any_ppg_answer_is_read_without_panic_and_codes_are_what_it_says() {
+        bolero::check!()
+            .with_type::<(Vec<u8>, Answer)>()
+            .with_iterations(3_000)
+            .for_each(|(octets, answer)| {
+                // The channel reads the answer as lossy UTF-8 (`http_body::read_bounded`).
+                if let Some(result) = parse_response(&String::from_utf8_lossy(octets)) {
+                    classify(result.code);
+                }
+                let document = String::from_utf8(answer.document()).expect("written as UTF-8");
+                let result = parse_response(&document);
+                let code = answer.code().trim().parse::<u16>().ok();
+                if answer.kind % 3 == 2 || code.is_none() {
+                    assert_eq!(result, None, "{document}");
+                } else {
+                    let desc = answer.desc.as_deref().map(str::trim).map(str::to_string);
+                    assert_eq!(
+                        result,
+                        code.map(|code| PapResult {
+                            code,
+                            description: desc
+                        }),
+                        "{document}"
+                    );
+                }
+            });
+    }
+}
