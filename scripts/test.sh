@@ -81,6 +81,21 @@ fi
 /usr/sbin/bearerbox --version 2>&1 | grep -m 1 -i 'kannel' || true
 command -v wbxml2xml
 
+say "PostgreSQL server binaries, runuser and tmpfs (database fault tests)"
+# The fault tests start a PostgreSQL cluster of their own (initdb and pg_ctl as the postgres
+# user) and put a SQLite file on a small tmpfs that they fill; they fail without these.
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+fi
+ls /usr/lib/postgresql/*/bin/pg_ctl
+command -v runuser
+id postgres
+probe=$(mktemp -d)
+mount -t tmpfs -o size=1m tmpfs "$probe" && umount "$probe" && echo "tmpfs mounts here"
+rmdir "$probe"
+
 say "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
