@@ -143,9 +143,10 @@ enum LedgerCommand {
     /// Checks every ledger invariant and recomputes the audit log's hash chain, naming the
     /// first broken link; exits 1 when anything does not hold.
     Verify {
-        /// A head exported earlier (`SEQ:HASH`, as `ledger export` prints it) that the
-        /// chain must still contain: a chain rewritten since no longer matches it.
-        #[arg(long, value_name = "SEQ:HASH")]
+        /// A head exported earlier (`SEQ,SEQ,...:DIGEST`, as `ledger export` prints it
+        /// under "notarize") that the chains must still hold: a log rewritten since no
+        /// longer matches it.
+        #[arg(long, value_name = "SEQS:DIGEST")]
         head: Option<String>,
     },
     /// Prints the audit log as JSON lines, then its head (seq and hash) for a notary.
@@ -156,44 +157,50 @@ enum LedgerCommand {
     },
 }
 
-/// Parses `SEQ:HASH`.
-fn parse_head(text: &str) -> anyhow::Result<crate::audit::Head> {
-    let (seq, hash) = text
-        .split_once(':')
-        .ok_or_else(|| anyhow::anyhow!("--head must be SEQ:HASH, as `ledger export` prints it"))?;
-    let seq: i64 = seq
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--head: {seq:?} is not a sequence number"))?;
-    if hash.len() != 64 || !hash.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        anyhow::bail!("--head: the hash must be 64 hexadecimal digits");
+/// Parses `SEQ,SEQ,...:DIGEST`.
+fn parse_head(text: &str) -> anyhow::Result<crate::audit::Notarized> {
+    let (seqs, digest) = text.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!("--head must be SEQ,SEQ,...:DIGEST, as `ledger export` prints it")
+    })?;
+    let seqs = seqs
+        .split(',')
+        .map(|seq| {
+            seq.parse::<i64>()
+                .map_err(|_| anyhow::anyhow!("--head: {seq:?} is not a sequence number"))
+        })
+        .collect::<anyhow::Result<Vec<i64>>>()?;
+    if digest.len() != 64 || !digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        anyhow::bail!("--head: the digest must be 64 hexadecimal digits");
     }
-    Ok(crate::audit::Head {
-        seq,
-        hash: hash.to_ascii_lowercase(),
+    Ok(crate::audit::Notarized {
+        seqs,
+        digest: digest.to_ascii_lowercase(),
     })
 }
 
-/// Writes every entry after `after_seq` as a JSON line, then the head, a page at a time.
-async fn export_audit_log(
-    conn: &mut sqlx::AnyConnection,
-    mut after_seq: i64,
-) -> anyhow::Result<()> {
+/// Writes every chain's entries after `after_seq` as JSON lines, chain by chain, a page at
+/// a time, then the heads and what to notarize.
+async fn export_audit_log(conn: &mut sqlx::AnyConnection, after_seq: i64) -> anyhow::Result<()> {
     use std::io::Write;
-    // The head first: entries appended while the export runs are left for the next one.
-    let head = crate::audit::head(conn).await?;
+    // The heads first: entries appended while the export runs are left for the next one.
+    let heads = crate::audit::heads(conn).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    while after_seq < head.seq {
-        let page = crate::audit::entries_between(conn, after_seq, head.seq).await?;
-        let Some(last) = page.last() else { break };
-        after_seq = last.seq;
-        for entry in &page {
-            writeln!(out, "{}", serde_json::to_string(entry)?)?;
+    for head in &heads {
+        let mut after = after_seq;
+        while after < head.seq {
+            let page = crate::audit::entries_between(conn, head.chain, after, head.seq).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for entry in &page {
+                writeln!(out, "{}", serde_json::to_string(entry)?)?;
+            }
         }
     }
+    let notarize = crate::audit::notarize(&heads);
     writeln!(
         out,
         "{}",
-        json!({"head": {"seq": head.seq, "hash": head.hash, "notarize": format!("{}:{}", head.seq, head.hash)}})
+        json!({"head": {"chains": heads, "notarize": notarize}})
     )?;
     out.flush()?;
     Ok(())

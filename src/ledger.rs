@@ -365,7 +365,7 @@ pub async fn verify(conn: &mut AnyConnection) -> Result<VerifyReport, sqlx::Erro
 /// `verify`, also checking that the chain still holds a head exported to a notary.
 pub async fn verify_with(
     conn: &mut AnyConnection,
-    notarized: Option<&crate::audit::Head>,
+    notarized: Option<&crate::audit::Notarized>,
 ) -> Result<VerifyReport, sqlx::Error> {
     let mut checks = Vec::with_capacity(CHECKS.len() + 1);
     for (name, query) in CHECKS {

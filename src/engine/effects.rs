@@ -361,11 +361,16 @@ fn retailer_routes(channels: &ChannelAvailability, retailer: &RetailerRow) -> Ve
 impl Effects {
     /// Writes the collected events and messages in the caller's transaction.
     pub async fn flush(
-        self,
+        mut self,
         conn: &mut AnyConnection,
         channels: &ChannelAvailability,
         now_ms: i64,
     ) -> Result<(), EngineError> {
+        // The audit entries' before states are read first, outside the sections that hold
+        // the retailers' counters and the audit head (the subjects are this operation's,
+        // locked already, so nobody else records them meanwhile).
+        let others = std::mem::take(&mut self.changes);
+        let changes = audit_changes(conn, &self.events, others).await?;
         // Written together at the end, a few rows per statement.
         let mut outbox: Vec<OutboxRow<'_>> = Vec::new();
         for event in &self.events {
@@ -493,8 +498,14 @@ impl Effects {
             insert_outbox(conn, rows, now_ms).await?;
         }
         // Last: appending locks the audit head, which every writer shares.
-        let changes = audit_changes(conn, self.events, self.changes).await?;
-        crate::audit::append(conn, &self.origin, now_ms, &changes).await?;
+        // The chain: the process of the first event, else the first change's subject.
+        let key = self
+            .events
+            .iter()
+            .find_map(|event| event.process_id.as_deref())
+            .or_else(|| changes.first().map(|change| change.subject_id.as_str()))
+            .unwrap_or_default();
+        crate::audit::append(conn, (&self.origin, key), now_ms, &changes).await?;
         Ok(())
     }
 }
@@ -503,7 +514,7 @@ impl Effects {
 /// the event's data describes) was last recorded in, then the other changes.
 async fn audit_changes(
     conn: &mut AnyConnection,
-    events: Vec<PendingEvent>,
+    events: &[PendingEvent],
     others: Vec<Change>,
 ) -> Result<Vec<Change>, EngineError> {
     let mut changes: Vec<Change> = Vec::with_capacity(events.len() + others.len());
@@ -527,7 +538,7 @@ async fn audit_changes(
             subject_kind: subject_kind.to_string(),
             subject_id,
             before,
-            after: event.data,
+            after: event.data.clone(),
         });
     }
     changes.extend(others);

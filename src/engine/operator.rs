@@ -381,7 +381,8 @@ impl Engine {
         origin: &Origin,
         change: Change,
     ) -> Result<(), EngineError> {
-        crate::audit::append(conn, origin, self.now_ms(), &[change]).await?;
+        let key = change.subject_id.clone();
+        crate::audit::append(conn, (origin, &key), self.now_ms(), &[change]).await?;
         Ok(())
     }
 }

@@ -147,7 +147,7 @@ pub async fn requeue(
                 before: serde_json::json!({"status": "dead"}),
                 after: serde_json::json!({"status": "queued"}),
             };
-            crate::audit::append(conn, origin, now_ms, &[change]).await?;
+            crate::audit::append(conn, (origin, id), now_ms, &[change]).await?;
             RequeueOutcome::Requeued(Box::new(row.into()))
         }
         (_, Some(row)) => RequeueOutcome::NotDead(row.status),

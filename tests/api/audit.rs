@@ -49,6 +49,7 @@ async fn export(database_url: &str) -> (Vec<Value>, Value) {
 /// SHA-256 over the JSON array of the fields.
 fn expected_hash(entry: &Value) -> String {
     let canonical = serde_json::json!([
+        entry["chain"],
         entry["seq"],
         entry["prev_hash"],
         entry["created_at_ms"],
@@ -99,16 +100,36 @@ async fn every_state_change_is_chained_in_the_audit_log_with_actor_channel_befor
     let url = app.engine.settings.database.url.clone();
     let (entries, head) = export(&url).await;
 
-    // The chain, recomputed here: each entry follows the one before, the head names the last.
-    let mut prev_hash = "0".repeat(64);
-    for (index, entry) in entries.iter().enumerate() {
-        assert_eq!(entry["seq"], index as i64 + 1);
-        assert_eq!(entry["prev_hash"], prev_hash.as_str());
-        assert_eq!(entry["hash"], expected_hash(entry).as_str(), "{entry:#}");
-        prev_hash = entry["hash"].as_str().unwrap().to_string();
+    // The chains, recomputed here: in each, every entry follows the one before, and the
+    // head names the last; together they hold every entry.
+    let chains = head["chains"].as_array().unwrap();
+    assert_eq!(chains.len(), 16);
+    let mut seen = 0;
+    for chain in chains {
+        let mut prev_hash = "0".repeat(64);
+        let mut seq = 0;
+        for entry in entries
+            .iter()
+            .filter(|entry| entry["chain"] == chain["chain"])
+        {
+            seq += 1;
+            assert_eq!(entry["seq"], seq);
+            assert_eq!(entry["prev_hash"], prev_hash.as_str());
+            assert_eq!(entry["hash"], expected_hash(entry).as_str(), "{entry:#}");
+            prev_hash = entry["hash"].as_str().unwrap().to_string();
+        }
+        assert_eq!(chain["seq"], seq);
+        assert_eq!(chain["hash"], prev_hash.as_str());
+        seen += seq;
     }
-    assert_eq!(head["seq"], entries.len() as i64);
-    assert_eq!(head["hash"], prev_hash.as_str());
+    assert_eq!(seen, entries.len() as i64);
+    // A process's entries and its steps' are in one chain, in order.
+    let process_chains: std::collections::HashSet<String> = entries
+        .iter()
+        .filter(|entry| entry["subject_id"] == process_id.as_str())
+        .map(|entry| entry["chain"].to_string())
+        .collect();
+    assert_eq!(process_chains.len(), 1, "{process_chains:?}");
 
     let find = |action: &str| -> &Value {
         entries
@@ -201,12 +222,14 @@ async fn a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_
         .find(|entry| entry["action"] == "transfer.step")
         .unwrap();
     let seq = victim["seq"].as_i64().unwrap();
+    let chain = victim["chain"].as_i64().unwrap();
 
     // The database refuses changes and removals.
-    let change = format!("UPDATE audit_log SET actor = 'nobody' WHERE seq = {seq}");
+    let change =
+        format!("UPDATE audit_log SET actor = 'nobody' WHERE chain = {chain} AND seq = {seq}");
     let refused = tamper(db, &url, &change).await.unwrap_err();
     assert!(refused.to_string().contains("append-only"), "{refused}");
-    let removal = format!("DELETE FROM audit_log WHERE seq = {seq}");
+    let removal = format!("DELETE FROM audit_log WHERE chain = {chain} AND seq = {seq}");
     assert!(tamper(db, &url, &removal).await.is_err());
     if db == Db::Postgres {
         assert!(tamper(db, &url, "TRUNCATE audit_log").await.is_err());
@@ -224,7 +247,7 @@ async fn a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_
         .replace("\"amount\":250", "\"amount\":25");
     assert_ne!(forged, victim["state_after"].as_str().unwrap());
     let forge = format!(
-        "UPDATE audit_log SET state_after = '{}' WHERE seq = {seq}",
+        "UPDATE audit_log SET state_after = '{}' WHERE chain = {chain} AND seq = {seq}",
         forged.replace('\'', "''")
     );
     tamper(db, &url, &forge).await.unwrap();
@@ -234,38 +257,46 @@ async fn a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_
         "a changed entry must fail verify"
     );
     let report: Value = serde_json::from_slice(&verified.stdout).unwrap();
-    let chain = report["checks"]
+    let check = report["checks"]
         .as_array()
         .unwrap()
         .iter()
         .find(|check| check["name"] == "audit_log_is_an_unbroken_chain")
         .unwrap();
-    assert_eq!(chain["ok"], false);
-    let named = chain["violations"][0].as_str().unwrap();
+    assert_eq!(check["ok"], false);
+    let named = check["violations"][0].as_str().unwrap();
     assert!(
-        named.starts_with(&format!("audit entry {seq} (transfer.step")),
+        named.starts_with(&format!("audit entry {chain}/{seq} (transfer.step")),
         "{named}"
     );
 
     // A thorough forger recomputes every hash from there on: the chain holds again, but
     // not the head exported before.
-    let (mut forged_entries, _) = export(&url).await;
-    let mut prev_hash = forged_entries[seq as usize - 2]["hash"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (forged_entries, _) = export(&url).await;
+    let mut in_chain: Vec<Value> = forged_entries
+        .into_iter()
+        .filter(|entry| entry["chain"].as_i64() == Some(chain))
+        .collect();
+    let mut prev_hash = match seq {
+        1 => "0".repeat(64),
+        _ => in_chain[seq as usize - 2]["hash"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    };
     let mut rewrite = String::new();
-    for entry in forged_entries.iter_mut().skip(seq as usize - 1) {
+    for entry in in_chain.iter_mut().skip(seq as usize - 1) {
         entry["prev_hash"] = Value::from(prev_hash.clone());
         let hash = expected_hash(entry);
         rewrite.push_str(&format!(
-            "UPDATE audit_log SET prev_hash = '{prev_hash}', hash = '{hash}' WHERE seq = {};",
+            "UPDATE audit_log SET prev_hash = '{prev_hash}', hash = '{hash}' \
+             WHERE chain = {chain} AND seq = {};",
             entry["seq"]
         ));
         prev_hash = hash;
     }
     rewrite.push_str(&format!(
-        "UPDATE audit_head SET hash = '{prev_hash}' WHERE id = 1;"
+        "UPDATE audit_head SET hash = '{prev_hash}' WHERE chain = {chain};"
     ));
     tamper(db, &url, &rewrite).await.unwrap();
     let rewritten = paystep(&url, &["ledger", "verify"]).await;
@@ -278,7 +309,7 @@ async fn a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_
     assert!(!against_head.status.success());
     let report = String::from_utf8_lossy(&against_head.stdout);
     assert!(
-        report.contains("differs from the notarized head"),
+        report.contains("differ from the notarized head"),
         "{report}"
     );
 }
