@@ -136,6 +136,8 @@ impl Ledger {
         transfer: Transfer<'_>,
     ) -> Result<(), LedgerError> {
         assert!(transfer.amount > 0, "a transfer moves a positive amount");
+        #[cfg(feature = "fault-injection")]
+        let transfer = crate::faults::tamper(transfer);
         let debit_id = self.apply(conn, &transfer, Side::Debit).await?;
         let credit_id = self.apply(conn, &transfer, Side::Credit).await?;
         sqlx::query(
