@@ -24,6 +24,10 @@
 # per target sums up the run: its executions (from libFuzzer's "#N DONE" line, or its last
 # "#N" line when it stopped early), its corpus size, and whether it held.
 #
+# Without libFuzzer, `BOLERO_RANDOM_ITERATIONS=100000 cargo test <test path>` runs a target on
+# that many random inputs instead of its default. A target that fails under `cargo test`
+# prints `BOLERO_RANDOM_SEED=<n>`; setting it replays that input.
+#
 # When a target fails. libFuzzer stops at the first failing input and writes it to
 # $FUZZ_DIR/<target>/crashes/crash-<sha1>; bolero shrinks it and prints it in the log after
 # "Input:" (the generated value, as Rust's Debug shows it) with the failed assertion or
