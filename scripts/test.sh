@@ -102,7 +102,3 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "Tests"
 cargo test --workspace --locked
-
-say "The simulation catches a broken invariant (test-only fault-injection build)"
-# A separate build: the daemon the other tests run never has the feature.
-cargo test --locked --features fault-injection --test api simulation::fault::

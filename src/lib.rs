@@ -6,8 +6,6 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod engine;
-#[cfg(feature = "fault-injection")]
-pub mod faults;
 pub mod http;
 pub mod ledger;
 pub mod outbox;
