@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 use super::effects::Effects;
 use super::pin::{self, VerifiedPin};
 use super::process::text_facts;
-use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow};
+use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow, StepRow};
 use super::step::reload_step;
 use super::texts::{Ended, Text};
 use super::txn::Txn;
@@ -319,6 +319,16 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         *process = reload_process(conn, &process.id).await?;
+        // Steps that fitted may have been charged while the top-up was asked, so the
+        // waiting step may no longer fit even with it: the release stands (the customer
+        // agreed to it) and the step is declined, as it would be without a top-up.
+        let step = match &confirmation.step_id {
+            Some(step_id) => Some(reload_step(conn, step_id).await?),
+            None => None,
+        };
+        let charges_step = step
+            .as_ref()
+            .is_some_and(|step| step.amount <= process.remaining);
         let facts = text_facts(retailer, process);
         let amount = process.currency().format(confirmation.amount);
         if confirmation.kind() == ConfirmationKind::Initial {
@@ -337,7 +347,7 @@ impl Engine {
         }
         // A release is receipted by the step it paid for, unless that step's receipt is
         // left to the summary.
-        if confirmation.step_id.is_none() || retailer.summary_receipts() {
+        if !charges_step || retailer.summary_receipts() {
             effects.message_customer(
                 customer,
                 process.requested_channel(),
@@ -347,15 +357,20 @@ impl Engine {
                 None,
             );
         }
-        if let Some(step_id) = &confirmation.step_id {
-            let step = reload_step(conn, step_id).await?;
-            let mut txn = Txn {
-                conn: &mut *conn,
-                now_ms,
-                effects: &mut *effects,
-            };
-            self.charge(&mut txn, process, (retailer, customer), &step)
-                .await?;
+        match step {
+            Some(step) if charges_step => {
+                let mut txn = Txn {
+                    conn: &mut *conn,
+                    now_ms,
+                    effects: &mut *effects,
+                };
+                self.charge(&mut txn, process, (retailer, customer), &step)
+                    .await?;
+            }
+            Some(step) => {
+                decline_waiting_step(conn, effects, (retailer, process), &step, now_ms).await?
+            }
+            None => {}
         }
         self.touch(conn, process, now_ms).await?;
         Ok(AnswerOutcome::Approved)
@@ -653,6 +668,32 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Declines a step that waited for a top-up which, once approved, no longer covers it.
+async fn decline_waiting_step(
+    conn: &mut AnyConnection,
+    effects: &mut Effects,
+    (retailer, process): (&RetailerRow, &ProcessRow),
+    step: &StepRow,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    sqlx::query(
+        "UPDATE steps SET status = 'declined', decline_reason = 'insufficient_release', \
+         updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_confirmation'",
+    )
+    .bind(now_ms)
+    .bind(&step.id)
+    .execute(&mut *conn)
+    .await?;
+    let step = reload_step(conn, &step.id).await?;
+    effects.event(
+        retailer,
+        &process.id,
+        "step.declined",
+        StepView::from_row(&step, process),
+    );
+    Ok(())
 }
 
 /// Locks the process of a confirmation request and reads the request again under that lock,

@@ -18,6 +18,7 @@ on_both_databases!(
     closing_returns_the_unused_release_and_a_closed_process_takes_no_steps,
     while_a_top_up_is_pending_fitting_steps_are_charged_and_others_refused,
     a_top_up_beyond_the_customers_credit_declines_only_the_waiting_step,
+    a_top_up_outrun_by_fitting_steps_is_held_and_declines_the_waiting_step,
 );
 
 async fn claim_1_and_15_a_confirmed_release_is_held_charged_and_reported_to_both_sides(db: Db) {
@@ -502,6 +503,49 @@ async fn a_top_up_beyond_the_customers_credit_declines_only_the_waiting_step(db:
     assert_eq!(
         app.step(&retailer, &process_id, "10.00").await.status,
         StatusCode::CREATED
+    );
+    app.assert_ledger_holds().await;
+}
+
+/// Found by the simulation: fitting steps charged while a top-up was asked leave the
+/// waiting step bigger than the remaining amount plus the top-up. Approving it used to fail
+/// with an internal error (and could never succeed); the release stands and the step is
+/// declined, as it would be without a top-up.
+async fn a_top_up_outrun_by_fitting_steps_is_held_and_declines_the_waiting_step(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    let customer_id = app.create_customer("+491709000004", "100.00").await;
+    let mut body = eur_process("+491709000004", "5.00");
+    body["top_up"] = json!({"policy": "difference"});
+    let process_id = app.open_active_process(&retailer, body).await;
+    assert_eq!(
+        app.step(&retailer, &process_id, "6.00").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        app.step(&retailer, &process_id, "3.00").await.status,
+        StatusCode::CREATED
+    );
+    let link = app.confirmation_link(&process_id, 2).await;
+    let (status, page) = app.answer_page(&link, "confirm", Some(PIN)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let steps = app
+        .get(&retailer, &format!("/v1/processes/{process_id}/steps"))
+        .await;
+    assert_eq!(steps.body["steps"][0]["status"], "declined");
+    assert_eq!(
+        steps.body["steps"][0]["decline_reason"],
+        "insufficient_release"
+    );
+    assert_eq!(steps.body["steps"][1]["status"], "charged");
+    let process = app.process(&retailer, &process_id).await;
+    assert_eq!(process["status"], "active");
+    assert_eq!(process["released"], "6.00");
+    assert_eq!(process["remaining"], "3.00");
+    assert_eq!(app.credit(&customer_id).await, "94.00");
+    assert_eq!(
+        app.events(&retailer).await.last().unwrap()["type"],
+        "step.declined"
     );
     app.assert_ledger_holds().await;
 }

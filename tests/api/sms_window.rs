@@ -38,6 +38,12 @@ async fn fill_the_window(db: Db, workers: usize) {
         // A pace far above what the window allows at 20 ms a submit (500/s): only the
         // window limits what is in flight.
         sms.smscs[0].throughput_per_s = 10_000;
+        // The held submits must not time out while the test waits: a submit that timed out
+        // gives its place in the window back (its outcome is unknown, and the link cannot
+        // wait forever for an answer that may never come), and the next one would be sent
+        // while the SMSC still holds the first. Opening the processes can take seconds on
+        // a loaded machine.
+        sms.smscs[0].response_timeout_ms = 60_000;
         settings.channels.sms = Some(sms);
         settings.outbox.workers = workers;
     })
