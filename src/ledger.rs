@@ -144,6 +144,8 @@ impl Ledger {
         transfer: Transfer<'_>,
     ) -> Result<Posted, LedgerError> {
         assert!(transfer.amount > 0, "a transfer moves a positive amount");
+        #[cfg(feature = "fault-injection")]
+        let transfer = crate::faults::tamper(transfer);
         let (debit_id, debit_balance) = self.apply(conn, &transfer, Side::Debit).await?;
         let (credit_id, credit_balance) = self.apply(conn, &transfer, Side::Credit).await?;
         sqlx::query(

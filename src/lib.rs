@@ -6,6 +6,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod engine;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 pub mod http;
 pub mod ledger;
 pub mod outbox;

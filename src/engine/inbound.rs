@@ -286,8 +286,19 @@ impl Engine {
         let (request, pin) = match code {
             Some(code) => match open.iter().find(|request| request.code == code) {
                 Some(request) => (request, pin),
-                // A lone 6-digit word matching no code is the PIN of the one open request.
-                None if pin.is_none() && open.len() == 1 && approve => (&open[0], Some(code)),
+                // A lone word matching no open code is the PIN of the one open request, for
+                // a customer who has a PIN, unless it is the code of one of the customer's
+                // own processes: an answer to a request that closed in the meantime is
+                // told so, never taken as the PIN of another request (found by the
+                // simulation: a PIN-less customer's `YES <code>` approved another release).
+                None if pin.is_none()
+                    && open.len() == 1
+                    && approve
+                    && customer.pin_hash.is_some()
+                    && !is_own_code(conn, &customer.id, &code).await? =>
+                {
+                    (&open[0], Some(code))
+                }
                 None => {
                     replies.reply(
                         channel,
@@ -651,3 +662,18 @@ impl Engine {
 
 // Keeps the message kind of replies in one place.
 pub(super) const REPLY_KIND: MessageKind = MessageKind::Notice;
+
+/// Whether `code` is the code of one of the customer's processes, open or not.
+async fn is_own_code(
+    conn: &mut AnyConnection,
+    customer_id: &str,
+    code: &str,
+) -> Result<bool, EngineError> {
+    let found: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM processes WHERE customer_id = $1 AND code = $2")
+            .bind(customer_id)
+            .bind(code)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(found > 0)
+}

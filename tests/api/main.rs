@@ -21,6 +21,7 @@ mod operations;
 mod retention;
 mod routing;
 mod security;
+mod simulation;
 mod sms;
 mod sms_replies;
 mod sms_window;

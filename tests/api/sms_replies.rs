@@ -17,6 +17,7 @@ on_both_databases!(
     a_wrong_pin_by_sms_is_counted_and_told,
     pay_at_the_till_binds_the_process_to_the_sender_and_releases,
     bal_answers_the_balance_and_anything_else_gets_help,
+    a_code_whose_request_closed_is_never_taken_for_the_pin_of_another,
 );
 
 async fn send(engine: &Engine, message: InboundMessage) {
@@ -356,5 +357,66 @@ async fn bal_answers_the_balance_and_anything_else_gets_help(db: Db) {
         help["text"].as_str().unwrap().contains("JA <Code> <PIN>"),
         "{help}"
     );
+    app.assert_ledger_holds().await;
+}
+
+/// Found by the simulation: `YES <code>` naming a request that had just been declined was
+/// taken as the PIN of the customer's one other open request, and for a customer without a
+/// PIN that approved a release the customer never named. A customer's own code is told
+/// not open; only a customer with a PIN has a lone word taken as the PIN.
+async fn a_code_whose_request_closed_is_never_taken_for_the_pin_of_another(db: Db) {
+    let app = spawn_app(db).await;
+    let retailer = app.create_retailer().await;
+    for (msisdn, pin) in [("+491811000007", None), ("+491811000008", Some(PIN))] {
+        let mut body = json!({"name": "Ole", "msisdn": msisdn});
+        if let Some(pin) = pin {
+            body["pin"] = json!(pin);
+        }
+        let customer_id = app.create_customer_with(body, "50.00").await;
+        let declined = app
+            .open_process(&retailer, eur_process(msisdn, "5.00"))
+            .await;
+        let waiting = app
+            .open_process(&retailer, eur_process(msisdn, "6.00"))
+            .await;
+        let declined_code = declined["code"].as_str().unwrap();
+        let decline = InboundMessage::Decline {
+            channel: ChannelName::Sms,
+            from: msisdn.into(),
+            code: Some(declined_code.into()),
+        };
+        send(&app.engine, decline).await;
+        send(&app.engine, yes(msisdn, Some(declined_code), None)).await;
+        let replies = replies_to(&app, msisdn, 2).await;
+        assert!(
+            replies.iter().any(|r| r["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("No open payment has the code {declined_code}"))),
+            "{replies:#?}"
+        );
+        assert!(
+            !replies
+                .iter()
+                .any(|r| r["text"].as_str().unwrap().contains("Wrong PIN")),
+            "{replies:#?}"
+        );
+        assert_eq!(
+            app.process(&retailer, waiting["id"].as_str().unwrap())
+                .await["status"],
+            "awaiting_confirmation"
+        );
+        assert_eq!(app.credit(&customer_id).await, "50.00");
+        // Without a PIN, a word that is no code at all is no answer either.
+        if pin.is_none() {
+            send(&app.engine, yes(msisdn, Some("471100"), None)).await;
+            replies_to(&app, msisdn, 3).await;
+            assert_eq!(
+                app.process(&retailer, waiting["id"].as_str().unwrap())
+                    .await["status"],
+                "awaiting_confirmation"
+            );
+        }
+    }
     app.assert_ledger_holds().await;
 }

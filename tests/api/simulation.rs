@@ -58,11 +58,6 @@
 //! every run, and `PAYSTEP_SIM_GROUPS=0` sends them one after another for a replay with
 //! no race at all.
 //!
-//! **Known issues** the model knows, counted in the figures instead of failing the run
-//! (`model::KnownIssue`): approving a top-up after steps that fit were charged while it was
-//! pending fails with an internal error when the remaining amount plus the top-up no
-//! longer covers the waiting step.
-//!
 //! With the `fault-injection` feature, `a_broken_invariant_is_caught_with_its_seed` switches
 //! on `paystep::faults`, which makes step charges move one minor unit more than the step
 //! from the N-th on, and shows the simulation catching it at the same operation twice.
@@ -221,7 +216,6 @@ pub struct Figures {
     /// Time spent in audits and in the engine's own verification.
     audit_seconds: f64,
     verify_seconds: f64,
-    known_issues: BTreeMap<String, u64>,
     seconds: f64,
 }
 
@@ -236,8 +230,7 @@ impl fmt::Display for Figures {
              asked, {} declined; {} answers by page, SMS and phone: {} releases confirmed, {} \
              declined; {} processes opened, {} closed, {} expired; {} steps expired; {} \
              idempotent replays; {} concurrent groups; {} crashes; {} sweeps; {} audits in {:.1} \
-             s, {} engine verifications in {:.1} s; {} operations found nothing to do; known \
-             issues: {:?}) in {:.1} s, {:.0} ops/s",
+             s, {} engine verifications in {:.1} s; {} operations found nothing to do) in {:.1} s, {:.0} ops/s",
             self.db,
             self.seed,
             self.operations,
@@ -262,7 +255,6 @@ impl fmt::Display for Figures {
             self.engine_verifications,
             self.verify_seconds,
             self.nothing,
-            self.known_issues,
             self.seconds,
             self.operations as f64 / self.seconds.max(0.001),
         )?;
@@ -287,6 +279,17 @@ struct Lane {
     /// SMS sent and not delivered yet, and the last ones delivered.
     sms_held: Vec<Text>,
     sms_sent: VecDeque<Text>,
+}
+
+/// A lane's single operation of a round, judged, with what the model expects it to have
+/// touched and caused.
+struct Judged<'a> {
+    lane: usize,
+    op: &'a Op,
+    action: &'a Action,
+    answer: Answer,
+    touched: model::Touched,
+    events: Vec<model::Event>,
 }
 
 /// What one lane sends in a round.
@@ -440,12 +443,6 @@ impl Sim {
             }
         }
         self.figures.seconds = started.elapsed().as_secs_f64();
-        self.figures.known_issues = self
-            .model
-            .known_issues
-            .iter()
-            .map(|(issue, count)| (format!("{issue:?}"), *count))
-            .collect();
         Ok(())
     }
 
@@ -505,8 +502,14 @@ impl Sim {
                     self.model.begin();
                     judge::apply(&mut self.model, action, &answer)
                         .map_err(|error| failed(format!("{error}\n  action: {action:?}")))?;
-                    let expected = (self.model.touched.clone(), self.model.events.clone());
-                    judged.push((*lane, op, action, answer, expected));
+                    judged.push(Judged {
+                        lane: *lane,
+                        op,
+                        action,
+                        answer,
+                        touched: self.model.touched.clone(),
+                        events: self.model.events.clone(),
+                    });
                 }
             }
         }
@@ -903,24 +906,39 @@ impl Sim {
     /// The lanes' single operations of a round, judged: what they touched read at once
     /// and compared, each with its own expectations (the lanes share nothing, so one
     /// lane's operation cannot change what another's should have left).
-    async fn check_singles(
-        &mut self,
-        base: u64,
-        judged: Vec<(usize, &Op, &Action, Answer, (model::Touched, Vec<model::Event>))>,
-    ) -> Result<(), Failed> {
-        let Some((first_lane, first_op, ..)) = judged.first() else {
+    async fn check_singles(&mut self, base: u64, judged: Vec<Judged<'_>>) -> Result<(), Failed> {
+        let Some(Judged {
+            lane: first_lane,
+            op: first_op,
+            ..
+        }) = judged.first()
+        else {
             return Ok(());
         };
         let mut touched = model::Touched::default();
-        for (.., (expected, _)) in &judged {
-            touched.extend(expected);
+        for single in &judged {
+            touched.extend(&single.touched);
         }
         let pool = self.app.engine.store.reader().clone();
         let mut seen = check::Seen::default();
         seen.read(&pool, &self.registry, &self.last_seq, &touched)
             .await
-            .map_err(|error| (Some(base + *first_lane as u64), format!("{first_op:?}"), error))?;
-        for (lane, op, action, answer, (touched, events)) in judged {
+            .map_err(|error| {
+                (
+                    Some(base + *first_lane as u64),
+                    format!("{first_op:?}"),
+                    error,
+                )
+            })?;
+        for Judged {
+            lane,
+            op,
+            action,
+            answer,
+            touched,
+            events,
+        } in judged
+        {
             self.model.touched = touched;
             self.model.events = events;
             let seqs = seen

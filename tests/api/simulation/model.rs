@@ -3,7 +3,7 @@
 //! product rules of DESIGN.md (and, where the design is silent, the behaviour the engine's
 //! own tests fix), in minor units of EUR.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// The settings the simulation runs the app with; the model needs the same numbers.
 #[derive(Debug, Clone, Copy)]
@@ -220,16 +220,6 @@ pub enum Till {
     Answered(Outcome),
 }
 
-/// A behaviour of the engine that the model does not call right, kept so that the run can
-/// go on and counted in the summary (see the simulation's documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KnownIssue {
-    /// A top-up is approved after steps that fit were charged while it was pending, so the
-    /// remaining amount plus the top-up no longer covers the waiting step: the engine fails
-    /// the answer with an internal error and changes nothing.
-    TopUpShortOfItsStep,
-}
-
 /// The answer an operation gets, as far as the model predicts it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expect {
@@ -245,11 +235,6 @@ pub enum Expect {
         status: u16,
         body: serde_json::Value,
     },
-    /// An answer through a token: the page shows `Outcome::page_status`, the voice path
-    /// returns the outcome itself.
-    Outcome(Outcome),
-    /// The engine fails the operation and changes nothing (a known issue).
-    Fails(KnownIssue),
 }
 
 /// A saved idempotency key: the request it was first used with and its answer.
@@ -297,9 +282,11 @@ pub struct Model {
     /// What the operations since the last check should have changed (and what they must
     /// have left alone: a refused operation touches its process without changing it).
     pub touched: Touched,
-    pub known_issues: BTreeMap<KnownIssue, u64>,
     /// The processes awaiting confirmation or active: the only ones that can change.
     pub open: BTreeSet<usize>,
+    /// Every process ever opened, by code: a superset (a group's rejected order may have
+    /// added some), always checked against the process itself.
+    by_code: HashMap<String, Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,8 +307,8 @@ impl Model {
             keys: HashMap::new(),
             events: Vec::new(),
             touched: Touched::default(),
-            known_issues: BTreeMap::new(),
             open: BTreeSet::new(),
+            by_code: HashMap::new(),
         }
     }
 
@@ -437,6 +424,8 @@ impl Model {
         }
         self.processes.push(process);
         let index = self.processes.len() - 1;
+        let code = self.processes[index].code.clone();
+        self.by_code.entry(code).or_default().push(index);
         self.open.insert(index);
         self.touch_process(index);
         self.event(index, "process.created");
@@ -636,13 +625,7 @@ impl Model {
     }
 
     /// An answer to request `request` of `process`, on any channel.
-    pub fn answer(
-        &mut self,
-        process: usize,
-        request: usize,
-        approve: bool,
-        pin: Pin,
-    ) -> Result<Outcome, KnownIssue> {
+    pub fn answer(&mut self, process: usize, request: usize, approve: bool, pin: Pin) -> Outcome {
         self.touch_process(process);
         let customer = self.processes[process]
             .customer
@@ -650,20 +633,20 @@ impl Model {
         // A locked-out customer learns nothing, not even whether the request is open.
         if approve {
             if let Some(until_ms) = self.locked_until(customer) {
-                return Ok(Outcome::LockedOut { until_ms });
+                return Outcome::LockedOut { until_ms };
             }
         }
         let row = &self.processes[process];
         let asked = &row.requests[request];
         match asked.status {
             RequestStatus::Pending => {}
-            RequestStatus::Approved => return Ok(Outcome::NotPending { status: "approved" }),
-            RequestStatus::Declined => return Ok(Outcome::NotPending { status: "declined" }),
-            RequestStatus::Expired => return Ok(Outcome::NotPending { status: "expired" }),
+            RequestStatus::Approved => return Outcome::NotPending { status: "approved" },
+            RequestStatus::Declined => return Outcome::NotPending { status: "declined" },
+            RequestStatus::Expired => return Outcome::NotPending { status: "expired" },
         }
         if asked.expires_at_ms <= self.now_ms {
             self.settle(process, request, Resolution::Expired, true);
-            return Ok(Outcome::Expired);
+            return Outcome::Expired;
         }
         if !approve {
             self.settle(
@@ -672,24 +655,22 @@ impl Model {
                 Resolution::Declined("customer_declined"),
                 true,
             );
-            return Ok(Outcome::Declined);
+            return Outcome::Declined;
         }
         if self.customers[customer].has_pin {
             let tries_left = self.rules.pin_tries_per_request - asked.pin_failures;
             match pin {
-                Pin::Missing => return Ok(Outcome::PinRequired { tries_left }),
-                Pin::Wrong => return Ok(self.wrong_pin(process, request, customer, tries_left)),
+                Pin::Missing => return Outcome::PinRequired { tries_left },
+                Pin::Wrong => return self.wrong_pin(process, request, customer, tries_left),
                 Pin::Right => {}
             }
         }
         let amount = asked.amount;
         let waiting_step = asked.step.map(|step| row.steps[step].amount);
+        // Steps that fitted may have been charged while the top-up was asked: then the
+        // release stands and the waiting step is declined.
         let short = waiting_step.is_some_and(|step_amount| row.remaining() + amount < step_amount);
         let covered = self.customers[customer].credit >= amount;
-        if covered && short {
-            // The engine fails here and rolls the whole answer back, PIN count included.
-            return Err(KnownIssue::TopUpShortOfItsStep);
-        }
         if self.customers[customer].has_pin {
             // A right PIN ends the series of wrong ones, whatever the answer comes to.
             let row = &mut self.customers[customer];
@@ -703,7 +684,7 @@ impl Model {
                 Resolution::Declined("insufficient_credit"),
                 true,
             );
-            return Ok(Outcome::InsufficientCredit);
+            return Outcome::InsufficientCredit;
         }
         self.customers[customer].credit -= amount;
         self.set_status(process, ProcessStatus::Active);
@@ -715,7 +696,12 @@ impl Model {
         if initial {
             self.event(process, "process.confirmed");
         }
-        if let Some(step) = step {
+        if let Some(step) = step.filter(|_| short) {
+            let row = &mut self.processes[process];
+            row.steps[step].status = StepStatus::Declined;
+            row.steps[step].reason = Some("insufficient_release");
+            self.event(process, "step.declined");
+        } else if let Some(step) = step {
             let row = &mut self.processes[process];
             let step_amount = row.steps[step].amount;
             row.steps[step].status = StepStatus::Charged;
@@ -725,7 +711,7 @@ impl Model {
             self.event(process, "step.charged");
         }
         self.mark_activity(process);
-        Ok(Outcome::Approved)
+        Outcome::Approved
     }
 
     fn wrong_pin(
@@ -776,13 +762,7 @@ impl Model {
     }
 
     /// `YES [code] [PIN]` or `NO [code]` by SMS from `customer`.
-    pub fn sms_answer(
-        &mut self,
-        customer: usize,
-        approve: bool,
-        code: Option<&str>,
-        pin: Pin,
-    ) -> Result<(), KnownIssue> {
+    pub fn sms_answer(&mut self, customer: usize, approve: bool, code: Option<&str>, pin: Pin) {
         self.touched.customers.insert(customer);
         let open = self.open_requests(customer);
         let chosen = match code {
@@ -791,9 +771,15 @@ impl Model {
                 .find(|(process, _)| self.processes[*process].code == code)
             {
                 Some(&found) => Some((found, pin)),
-                // A lone word matching no open code is the PIN of the one open request
-                // (a PIN-less customer's request is approved by it).
-                None if pin == Pin::Missing && open.len() == 1 && approve => {
+                // A lone word matching no open code is the PIN of the one open request, for
+                // a customer with a PIN, unless it is the code of one of the customer's own
+                // processes.
+                None if pin == Pin::Missing
+                    && open.len() == 1
+                    && approve
+                    && self.customers[customer].has_pin
+                    && !self.is_own_code(customer, code) =>
+                {
                     Some((open[0], Pin::Wrong))
                 }
                 None => None,
@@ -804,9 +790,18 @@ impl Model {
             },
         };
         if let Some(((process, request), pin)) = chosen {
-            self.answer(process, request, approve, pin)?;
+            self.answer(process, request, approve, pin);
         }
-        Ok(())
+    }
+
+    fn is_own_code(&self, customer: usize, code: &str) -> bool {
+        self.by_code.get(code).is_some_and(|processes| {
+            processes.iter().any(|&process| {
+                self.processes
+                    .get(process)
+                    .is_some_and(|row| row.code == code && row.customer == Some(customer))
+            })
+        })
     }
 
     /// `PAY <code> [amount] [PIN]` by SMS, or a till code keyed on a call to the service
@@ -817,7 +812,7 @@ impl Model {
         code: &str,
         amount: Option<Option<i64>>,
         pin: Pin,
-    ) -> Result<Till, KnownIssue> {
+    ) -> Till {
         self.touched.customers.insert(customer);
         let found = self.open.iter().copied().find(|&index| {
             let process = &self.processes[index];
@@ -826,19 +821,19 @@ impl Model {
                 && process.customer.is_none_or(|owner| owner == customer)
         });
         let Some(process) = found else {
-            return Ok(Till::NoSuchCode);
+            return Till::NoSuchCode;
         };
         self.touch_process(process);
         let request = match self.processes[process].customer {
             Some(_) => match self.processes[process].pending() {
                 Some(request) => request,
-                None => return Ok(Till::NoSuchCode),
+                None => return Till::NoSuchCode,
             },
             None => {
                 let release = match amount {
                     None => self.processes[process].release_requested,
                     Some(Some(release)) => release,
-                    Some(None) => return Ok(Till::BadAmount),
+                    Some(None) => return Till::BadAmount,
                 };
                 let expires_at_ms = self.now_ms + self.rules.confirmation_ttl_ms;
                 let row = &mut self.processes[process];
@@ -858,8 +853,7 @@ impl Model {
         };
         // The claim and its request stay even when the answer is refused (a PIN to retry).
         // A till answers a first request, which waits for no step: it cannot fall short.
-        let outcome = self.answer(process, request, true, pin)?;
-        Ok(Till::Answered(outcome))
+        Till::Answered(self.answer(process, request, true, pin))
     }
 
     /// The sweeper's round at the current time: requests past their time, then idle
@@ -903,10 +897,6 @@ impl Model {
         }
     }
 
-    pub fn note_known_issue(&mut self, issue: KnownIssue) {
-        *self.known_issues.entry(issue).or_default() += 1;
-    }
-
     /// Saves what operations on `processes` (and on any customer, retailer or key) can
     /// change, so that several orders of a group can be tried from the same state without
     /// copying every process.
@@ -924,7 +914,6 @@ impl Model {
                 .iter()
                 .map(|key| (key.clone(), self.keys.get(key).cloned()))
                 .collect(),
-            known_issues: self.known_issues.clone(),
             now_ms: self.now_ms,
             open: processes
                 .iter()
@@ -957,7 +946,6 @@ impl Model {
                 None => self.keys.remove(key),
             };
         }
-        self.known_issues = snapshot.known_issues.clone();
         self.now_ms = snapshot.now_ms;
         self.begin();
     }
@@ -980,7 +968,6 @@ pub struct Snapshot {
     retailers: Vec<Retailer>,
     funding: i64,
     keys: Vec<((String, String), Option<SavedKey>)>,
-    known_issues: BTreeMap<KnownIssue, u64>,
     now_ms: i64,
     open: Vec<(usize, bool)>,
 }

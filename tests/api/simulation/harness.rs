@@ -509,7 +509,7 @@ impl Preparer<'_> {
         // long run affordable; keyed ones, refusals and deposits always take the HTTP path.
         self.registry.api_calls += 1;
         let direct = key.is_none()
-            && self.registry.api_calls % 3 != 0
+            && !self.registry.api_calls.is_multiple_of(3)
             && matches!(
                 meaning,
                 Meaning::Open { .. } | Meaning::Step { .. } | Meaning::Close { .. }

@@ -293,7 +293,11 @@ async fn read_retailer(pool: &AnyPool, id: &str, after: i64) -> Result<RetailerS
         receivable = row.try_get(0).map_err(db)?;
         let seq: Option<i64> = row.try_get(1).map_err(db)?;
         if let Some(seq) = seq {
-            events.push((seq, row.try_get(2).map_err(db)?, row.try_get(3).map_err(db)?));
+            events.push((
+                seq,
+                row.try_get(2).map_err(db)?,
+                row.try_get(3).map_err(db)?,
+            ));
         }
     }
     Ok(RetailerSeen { receivable, events })
