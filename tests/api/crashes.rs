@@ -4,7 +4,7 @@
 //! unacknowledged one once or not at all, the same for opens, confirmations and closes,
 //! the ledger holds, and every event has reached the retailer's webhook under one id.
 //!
-//! `PAYSTEP_KILLS=1000 cargo test --test api crashes::no_webhook` runs a longer one.
+//! `PAYSTEP_KILLS=1000 cargo test --test api crashes::no_acknowledged` runs a longer one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
