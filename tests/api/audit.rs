@@ -16,6 +16,7 @@ use crate::on_both_databases;
 on_both_databases!(
     every_state_change_is_chained_in_the_audit_log_with_actor_channel_before_and_after,
     a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_by_its_exported_head,
+    a_balance_or_remaining_amount_changed_behind_the_ledger_is_named_by_ledger_verify,
 );
 
 async fn paystep(database_url: &str, args: &[&str]) -> Output {
@@ -312,4 +313,67 @@ async fn a_tampered_audit_entry_is_named_by_ledger_verify_and_a_rewritten_chain_
         report.contains("differ from the notarized head"),
         "{report}"
     );
+}
+
+/// The ledger's own checks, not only the audit chain's: a balance moved without a transfer
+/// and a process's remaining amount changed without its hold are each named.
+async fn a_balance_or_remaining_amount_changed_behind_the_ledger_is_named_by_ledger_verify(db: Db) {
+    let app = spawn_app(db).await;
+    let (customer_id, process_id) = some_history(&app).await;
+    let url = app.engine.settings.database.url.clone();
+    let clean = paystep(&url, &["ledger", "verify"]).await;
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    let credit = format!(
+        "UPDATE accounts SET balance = balance + 1 \
+         WHERE kind = 'customer_credit' AND owner_id = '{customer_id}'"
+    );
+    tamper(db, &url, &credit).await.unwrap();
+    // The table's CHECK keeps remaining = released - charged - returned: a forger who
+    // wants 0.07 back in the process must say it was never returned.
+    let remaining = format!(
+        "UPDATE processes SET remaining = remaining + 7, returned = returned - 7 \
+         WHERE id = '{process_id}'"
+    );
+    tamper(db, &url, &remaining).await.unwrap();
+    let verified = paystep(&url, &["ledger", "verify"]).await;
+    assert!(
+        !verified.status.success(),
+        "a broken ledger must fail verify"
+    );
+    let report: Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let violations = |name: &str| -> Vec<String> {
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|check| check["name"] == name)
+            .unwrap_or_else(|| panic!("a check named {name}: {report}"));
+        check["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|violation| violation.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(violations("balances_sum_to_zero_per_currency"), ["EUR: 1"]);
+    let balances = violations("balances_equal_their_transfers");
+    assert_eq!(balances.len(), 1, "{balances:?}");
+    assert!(balances[0].ends_with(" balance 3451"), "{balances:?}");
+    assert_eq!(
+        violations("every_hold_equals_its_remaining_amount"),
+        [format!("{process_id} remaining 7")]
+    );
+    assert_eq!(
+        violations("process_totals_equal_their_transfers"),
+        [process_id.as_str()]
+    );
+    assert_eq!(
+        violations("ended_processes_hold_nothing"),
+        [format!("{process_id} closed")]
+    );
+    assert!(violations("audit_log_is_an_unbroken_chain").is_empty());
 }

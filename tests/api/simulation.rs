@@ -33,11 +33,8 @@
 //! (default 2,000), after every crash and at the end, an audit compares everything: every
 //! process, account, customer and retailer, every account's balance against its transfers,
 //! the balances' sum (zero), the charged steps against the step transfers, each retailer's
-//! events. The engine's own `ledger::verify` (through `GET /admin/v1/ledger/verify`) runs
-//! at the end and with each audit while the ledger is small: its checks are correlated
-//! subqueries whose cost grows with the square of the data, so past
-//! `ENGINE_VERIFY_TRANSFERS_MAX` transfers the test's own one-scan-per-table audit stands
-//! in for it.
+//! events. The engine's own `ledger::verify` (through `GET /admin/v1/ledger/verify`: the
+//! ledger's invariants and the audit log's hash chains) runs with every audit.
 //!
 //! **Running it.** CI runs `simulation::on_sqlite` and `simulation::on_postgres` with
 //! 20,000 operations each. Environment:
@@ -85,9 +82,6 @@ const OPERATIONS_DEFAULT: u64 = 20_000;
 const AUDIT_EVERY_DEFAULT: u64 = 2_000;
 const LANES_DEFAULT: usize = 4;
 const LANES_MAX: usize = 64;
-/// The engine's own verification runs while the ledger has at most this many transfers
-/// (its cost grows with the square of the data; see the module's documentation).
-const ENGINE_VERIFY_TRANSFERS_MAX: i64 = 20_000;
 /// Progress lines for long runs: every this many operations, at least.
 const PROGRESS_EVERY_MIN: u64 = 50_000;
 const PROGRESS_LINES_MAX: u64 = 20;
@@ -423,7 +417,7 @@ impl Sim {
                 next_audit = next_audit.min(last_audit + config.audit_every);
             }
             if number >= next_audit || last {
-                self.audit(last)
+                self.audit()
                     .await
                     .map_err(|message| (Some(number - 1), "the audit".to_string(), message))?;
                 last_audit = number;
@@ -1062,42 +1056,33 @@ impl Sim {
         scope
     }
 
-    async fn audit(&mut self, last: bool) -> Result<(), String> {
+    async fn audit(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let pool = self.app.engine.store.reader().clone();
         check::audit(&pool, &self.model, &self.registry, &self.last_seq).await?;
         self.figures.audits += 1;
         self.figures.audit_seconds += started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let transfers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transfers")
-            .fetch_one(&pool)
+        let response = self
+            .app
+            .client
+            .get(self.app.url("/admin/v1/ledger/verify"))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN)
+            .send()
             .await
-            .map_err(|error| format!("cannot count transfers: {error}"))?;
-        // The engine's verification reads every account against every transfer: the
-        // first, every fifth and the last audit run it, while the ledger is small.
-        let due = self.figures.audits % 5 == 1 || last;
-        if due && transfers <= ENGINE_VERIFY_TRANSFERS_MAX {
-            let response = self
-                .app
-                .client
-                .get(self.app.url("/admin/v1/ledger/verify"))
-                .bearer_auth(crate::helpers::ADMIN_TOKEN)
-                .send()
-                .await
-                .map_err(|error| format!("cannot ask the ledger to verify: {error}"))?;
-            let status = response.status();
-            let report: serde_json::Value = response
-                .json()
-                .await
-                .map_err(|error| format!("the ledger report is not JSON: {error}"))?;
-            if status != reqwest::StatusCode::OK || report["ok"] != true {
-                return Err(format!(
-                    "the engine's ledger verification failed: {report:#}"
-                ));
-            }
-            self.figures.engine_verifications += 1;
-            self.figures.verify_seconds += started.elapsed().as_secs_f64();
+            .map_err(|error| format!("cannot ask the ledger to verify: {error}"))?;
+        let status = response.status();
+        let report: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|error| format!("the ledger report is not JSON: {error}"))?;
+        if status != reqwest::StatusCode::OK || report["ok"] != true {
+            return Err(format!(
+                "the engine's ledger verification failed: {report:#}"
+            ));
         }
+        self.figures.engine_verifications += 1;
+        self.figures.verify_seconds += started.elapsed().as_secs_f64();
         Ok(())
     }
 }
