@@ -101,9 +101,15 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "Tests"
+# The reliability tests append their figures here (cargo test hides a passing test's output).
+mkdir -p test-artifacts
+: >test-artifacts/figures.txt
 cargo test --workspace --locked
 
 say "The simulation's fault test (test-only fault-injection feature)"
 # A deliberately broken invariant must be caught with its seed, and the seed must replay.
 # The feature only compiles the switches; nothing but this test's own code arms them.
 cargo test --locked --features fault-injection --test api simulation::fault::
+
+say "Figures of this run (test-artifacts/figures.txt; RELIABILITY.md quotes them)"
+cat test-artifacts/figures.txt

@@ -403,7 +403,7 @@ async fn no_acknowledged_operation_is_lost_or_doubled_across_a_hundred_sigkills(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let received = receiver.received().await;
-    eprintln!(
+    crate::helpers::report_figures(&format!(
         "kill harness {db:?}: {kills} kills in {:.0} s, {} clients: {} requests sent, {} acknowledged \
          ({} steps each charged once; {} unacknowledged steps and {} unacknowledged opens kept, once), \
          {} confirmations and {} closes acknowledged, {} events, {} deliveries ({} repeated under their webhook-id)",
@@ -419,7 +419,7 @@ async fn no_acknowledged_operation_is_lost_or_doubled_across_a_hundred_sigkills(
         events.len(),
         received.deliveries.len(),
         received.deliveries.len() - events.len(),
-    );
+    ));
     assert_eq!(received.rejected, 0);
     assert_delivered_exactly_once_in_order(&events, &received);
     let (status, report) = daemon

@@ -691,13 +691,13 @@ async fn postgres_restarted_under_load_is_a_clean_503_then_recovers_by_itself_lo
     let mut figures = Figures::of(&outcomes);
     let mut conn = AnyConnection::connect(&database_url).await.unwrap();
     assert_nothing_acknowledged_lost(&mut conn, &outcomes, &mut figures).await;
-    eprintln!(
+    crate::helpers::report_figures(&format!(
         "PostgreSQL restart under load ({CLIENTS} clients): {figures:?}; outage {} ms; \
          server accepting connections {} ms and daemon ready {} ms after the start began",
         outage.as_millis(),
         server_up.as_millis(),
         ready.as_millis()
-    );
+    ));
 }
 
 /// A customer opening a confirmation link while the database is away gets a page that says
@@ -856,14 +856,14 @@ async fn a_full_disk_refuses_writes_cleanly_keeps_reads_and_data_and_recovers_wh
     assert_eq!(integrity, "ok");
     assert_nothing_acknowledged_lost(&mut conn, &outcomes, &mut figures).await;
     conn.close().await.unwrap();
-    eprintln!(
+    crate::helpers::report_figures(&format!(
         "SQLite disk full under load ({CLIENTS} clients): {figures:?}; filler {filled} bytes; \
          {REFUSALS_PER_CLIENT_MIN} refusals per client {} ms after the disk filled; full for {} ms; \
          every client writing again {} ms after the space was freed",
         until_refusals.as_millis(),
         full_for.as_millis(),
         writing_again.as_millis()
-    );
+    ));
 }
 
 /// While the disk is full, the daemon is alive and ready and answers reads: a process as

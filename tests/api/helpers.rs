@@ -25,6 +25,24 @@ pub enum Db {
 }
 
 /// The PostgreSQL server the test script says is there; tests fail when it is not.
+/// Prints a reliability test's figures and appends them to `test-artifacts/figures.txt`,
+/// which `scripts/test.sh` empties before the run and prints after it: cargo test keeps a
+/// passing test's output to itself, and RELIABILITY.md quotes these lines.
+pub fn report_figures(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("test-artifacts can be made");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("figures.txt"))
+        .expect("test-artifacts/figures.txt opens for appending");
+    // One write per line: appends from tests running at once do not interleave.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("the figures are written");
+}
+
 pub fn postgres_base_url() -> String {
     std::env::var("PAYSTEP_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())

@@ -17,7 +17,13 @@ const EXAMPLES_PER_OPERATION: &str = "20";
 /// A bound on each run, in case the tool hangs; it is not a timing assertion.
 const RUN_TIMEOUT_S: u64 = 300;
 
-async fn schemathesis(spec_url: &str, token: &str, paths: (&str, &str), dir: &std::path::Path) {
+async fn schemathesis(
+    db: Db,
+    spec_url: &str,
+    token: &str,
+    paths: (&str, &str),
+    dir: &std::path::Path,
+) {
     let config = dir.join("schemathesis.toml");
     // No cache files in the checkout; the hypothesis database goes to the temp dir too.
     std::fs::write(&config, "[cache]\nenabled = false\n").unwrap();
@@ -66,7 +72,9 @@ async fn schemathesis(spec_url: &str, token: &str, paths: (&str, &str), dir: &st
         .unwrap_or_else(|| panic!("schemathesis reports its test cases: {report}"));
     assert!(cases > 0, "schemathesis tested something: {report}");
     // The figure RELIABILITY.md quotes: how many cases each run tried.
-    eprintln!("schemathesis {include}: {cases} test cases generated, all passed");
+    crate::helpers::report_figures(&format!(
+        "schemathesis {db:?} {include}: {cases} test cases generated, all passed"
+    ));
 }
 
 /// The count in schemathesis' summary line `Test cases:` / `N generated, N passed`.
@@ -96,6 +104,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_status(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let spec_url = app.url("/openapi.json");
     schemathesis(
+        db,
         &spec_url,
         &retailer.api_key,
         ("^/", "^/(admin|metrics)"),
@@ -103,6 +112,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_status(db: Db) {
     )
     .await;
     schemathesis(
+        db,
         &spec_url,
         ADMIN_TOKEN,
         ("^/(admin|metrics)", "^/v1/"),

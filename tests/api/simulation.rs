@@ -99,7 +99,7 @@ async fn simulation(db: Db) {
         config.seed
     );
     match run(db, &config).await {
-        Ok(figures) => eprintln!("{figures}"),
+        Ok(figures) => crate::helpers::report_figures(&figures.to_string()),
         Err(failure) => panic!("{failure}"),
     }
 }
@@ -1198,5 +1198,11 @@ mod fault {
             .expect_err("the same seed fails again");
         assert_eq!(replayed.operation, first.operation, "{replayed}");
         assert_eq!(replayed.op, first.op, "{replayed}");
+        crate::helpers::report_figures(&format!(
+            "simulation fault test {}: step charges one unit too big from the {FAULT_AFTER}th \
+             per retailer, caught at operation {operation} with seed {SEED}, and the replay \
+             failed at the same operation",
+            name(db)
+        ));
     }
 }
