@@ -240,6 +240,9 @@ impl Engine {
             .unwrap_or_default())
     }
 
+    /// The sender's pending requests. Only open processes have one (ending a process
+    /// resolves its request), and saying so lets the index on (customer, status) skip the
+    /// customer's whole history: without it every reply read all the customer's processes.
     async fn open_requests(
         &self,
         conn: &mut AnyConnection,
@@ -248,7 +251,8 @@ impl Engine {
         let rows = sqlx::query(
             "SELECT c.id, p.code, p.retailer_id FROM confirmations c \
              JOIN processes p ON p.id = c.process_id \
-             WHERE p.customer_id = $1 AND c.status = 'pending' ORDER BY c.created_at_ms",
+             WHERE p.customer_id = $1 AND p.status IN ('awaiting_confirmation', 'active') \
+             AND c.status = 'pending' ORDER BY c.created_at_ms",
         )
         .bind(customer_id)
         .fetch_all(&mut *conn)
