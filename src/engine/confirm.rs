@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 use super::effects::Effects;
 use super::pin::{self, VerifiedPin};
 use super::process::text_facts;
-use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow, StepRow};
+use super::rows::{self, ConfirmationRow, CustomerRow, ProcessRow, RetailerRow};
 use super::step::reload_step;
 use super::texts::{Ended, Text};
 use super::txn::Txn;
@@ -368,7 +368,16 @@ impl Engine {
                     .await?;
             }
             Some(step) => {
-                decline_waiting_step(conn, effects, (retailer, process), &step, now_ms).await?
+                let resolution = Resolution::Declined("insufficient_release");
+                end_waiting_step(
+                    conn,
+                    effects,
+                    (retailer, process),
+                    &step.id,
+                    resolution,
+                    now_ms,
+                )
+                .await?
             }
             None => {}
         }
@@ -585,28 +594,15 @@ impl Engine {
         .execute(&mut *conn)
         .await?;
         if let Some(step_id) = &confirmation.step_id {
-            sqlx::query(
-                "UPDATE steps SET status = $1, decline_reason = $2, updated_at_ms = $3 \
-                 WHERE id = $4 AND status = 'awaiting_confirmation'",
+            end_waiting_step(
+                conn,
+                effects,
+                (retailer, process),
+                step_id,
+                resolution,
+                now_ms,
             )
-            .bind(status)
-            .bind(reason)
-            .bind(now_ms)
-            .bind(step_id)
-            .execute(&mut *conn)
             .await?;
-            let step = reload_step(conn, step_id).await?;
-            let event = if reason.is_some() {
-                "step.declined"
-            } else {
-                "step.expired"
-            };
-            effects.event(
-                retailer,
-                &process.id,
-                event,
-                StepView::from_row(&step, process),
-            );
         }
         let initial = confirmation.kind() == ConfirmationKind::Initial;
         if initial && end_process {
@@ -670,27 +666,35 @@ impl Engine {
     }
 }
 
-/// Declines a step that waited for a top-up which, once approved, no longer covers it.
-async fn decline_waiting_step(
+/// Ends a step that waited for a top-up: declined or expired with its request, or declined
+/// when the approved top-up no longer covers it. Tells the retailer.
+async fn end_waiting_step(
     conn: &mut AnyConnection,
     effects: &mut Effects,
     (retailer, process): (&RetailerRow, &ProcessRow),
-    step: &StepRow,
+    step_id: &str,
+    resolution: Resolution,
     now_ms: i64,
 ) -> Result<(), EngineError> {
+    let (status, reason, event) = match resolution {
+        Resolution::Declined(reason) => ("declined", Some(reason), "step.declined"),
+        Resolution::Expired => ("expired", None, "step.expired"),
+    };
     sqlx::query(
-        "UPDATE steps SET status = 'declined', decline_reason = 'insufficient_release', \
-         updated_at_ms = $1 WHERE id = $2 AND status = 'awaiting_confirmation'",
+        "UPDATE steps SET status = $1, decline_reason = $2, updated_at_ms = $3 \
+         WHERE id = $4 AND status = 'awaiting_confirmation'",
     )
+    .bind(status)
+    .bind(reason)
     .bind(now_ms)
-    .bind(&step.id)
+    .bind(step_id)
     .execute(&mut *conn)
     .await?;
-    let step = reload_step(conn, &step.id).await?;
+    let step = reload_step(conn, step_id).await?;
     effects.event(
         retailer,
         &process.id,
-        "step.declined",
+        event,
         StepView::from_row(&step, process),
     );
     Ok(())
