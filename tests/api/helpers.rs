@@ -53,19 +53,26 @@ pub async fn fresh_database_url(db: Db, dir: &std::path::Path) -> String {
     match db {
         Db::Sqlite => format!("sqlite://{}", dir.join("paystep.db").display()),
         Db::Postgres => {
-            use sqlx::{Connection, Executor};
-            let base = postgres_base_url();
-            let name = format!("paystep_test_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-                .await
-                .expect("PostgreSQL must be running for the tests (see scripts/test.sh)");
-            admin
-                .execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("the test database can be created");
-            format!("{base}/{name}")
+            let name = create_postgres_database("paystep_test").await;
+            format!("{}/{name}", postgres_base_url())
         }
     }
+}
+
+/// Creates a new PostgreSQL database named `{prefix}_{random}` and returns its name.
+/// `scripts/test.sh` drops the `paystep_test_*` ones earlier runs left behind.
+pub async fn create_postgres_database(prefix: &str) -> String {
+    use sqlx::{Connection, Executor};
+    let base = postgres_base_url();
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("PostgreSQL must be running for the tests (see scripts/test.sh)");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("the test database can be created");
+    name
 }
 
 pub fn test_settings(database_url: &str, console_path: &std::path::Path) -> Settings {

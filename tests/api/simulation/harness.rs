@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 
 use super::model::{Outcome, Pin, Policy, Till};
 use super::ops::{Amount, CodeOf, InvalidOpen, OpenRequest, Sms, Which};
-use crate::helpers::{postgres_base_url, Db, ADMIN_TOKEN, PIN, PUBLIC_URL};
+use crate::helpers::{
+    create_postgres_database, postgres_base_url, Db, ADMIN_TOKEN, PIN, PUBLIC_URL,
+};
 
 /// A PIN nobody has.
 pub const WRONG_PIN: &str = "9999";
@@ -103,17 +105,11 @@ async fn database(db: Db) -> (tempfile::TempDir, String, Option<String>) {
             (dir, url, None)
         }
         Db::Postgres => {
-            use sqlx::{Connection, Executor};
-            let base = postgres_base_url();
-            let name = format!("paystep_sim_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
-                .await
-                .expect("PostgreSQL must be running for the tests (see scripts/test.sh)");
-            admin
-                .execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("the simulation's database can be created");
-            let url = format!("{base}/{name}?options=-c%20synchronous_commit%3Doff");
+            let name = create_postgres_database("paystep_sim").await;
+            let url = format!(
+                "{}/{name}?options=-c%20synchronous_commit%3Doff",
+                postgres_base_url()
+            );
             (dir, url, Some(name))
         }
     }
