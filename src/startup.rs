@@ -13,6 +13,7 @@ use paystep_channels::webhook::WebhookChannel;
 use paystep_channels::{Channel, ChannelName, InboundSink};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::clock::SharedClock;
 use crate::config::Settings;
@@ -156,19 +157,22 @@ impl Application {
                 .as_ref()
                 .map_or(0, |wap_push| wap_push.fallback_after_s),
         );
-        let dispatcher_task = if settings.outbox.deliver {
+        // The workers die with this future: dropped (a crash in the simulation, an aborted
+        // task), it takes them along rather than leaving them on a store it no longer owns.
+        let dispatcher_task = AbortOnDropHandle::new(if settings.outbox.deliver {
             tokio::spawn(dispatcher.run(shutdown.clone()))
         } else {
             tracing::info!("outbox.deliver is false: this daemon delivers no messages");
             tokio::spawn(async {})
-        };
-        let sweeper_task = tokio::spawn(run_sweeper(engine.clone(), shutdown.clone()));
+        });
+        let sweeper_task =
+            AbortOnDropHandle::new(tokio::spawn(run_sweeper(engine.clone(), shutdown.clone())));
         tracing::info!(address = %address, "paystep is listening");
         let state =
             AppState::new(engine.clone()).with_peer_channels(Arc::new(channels.adapters.clone()));
         let metrics_task = self.metrics_listener.map(|listener| {
             let metrics = crate::http::metrics_router(state.clone());
-            tokio::spawn(serve(listener, metrics, shutdown.clone()))
+            AbortOnDropHandle::new(tokio::spawn(serve(listener, metrics, shutdown.clone())))
         });
         serve(self.listener, router(state), shutdown.clone()).await?;
         if let Some(metrics_task) = metrics_task {
